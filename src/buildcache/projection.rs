@@ -1,0 +1,134 @@
+//! Projections: where a package's prefix lies under an install root (format doc 4.6).
+
+use super::sanitize_component;
+use super::spec::{SpecDag, SpecNode};
+use super::FormatError;
+
+/// Spack 1.x default projection.
+pub const DEFAULT_PROJECTION: &str = "{architecture.platform}-{architecture.target}/{name}-{version}-{hash}";
+
+/// A validated projection template.
+#[derive(Debug, Clone)]
+pub struct Projection {
+    template: String,
+}
+
+impl Default for Projection {
+    fn default() -> Self {
+        Projection {
+            template: DEFAULT_PROJECTION.to_string(),
+        }
+    }
+}
+
+impl Projection {
+    /// Parse and check a template: every `{token}` must be known, and the result relative.
+    pub fn new(template: &str) -> Result<Self, FormatError> {
+        let p = Projection {
+            template: template.to_lowercase(),
+        };
+        if template.starts_with('/') || template.split('/').any(|c| c == ".." || c == ".") {
+            return Err(FormatError::invalid(
+                "projection",
+                format!("{template:?} must be a relative path without . or .."),
+            ));
+        }
+        // Format a dummy node to validate the tokens.
+        let dummy = SpecNode::from_json(
+            &serde_json::json!({"name":"n","version":"v","hash":"h"}),
+            "projection",
+        )?;
+        p.format(&dummy, None)?;
+        Ok(p)
+    }
+
+    /// The relative path of `node` (`dag` supplies its compiler for `{compiler.*}`).
+    pub fn format(&self, node: &SpecNode, dag: Option<&SpecDag>) -> Result<String, FormatError> {
+        let compiler = node
+            .compiler
+            .clone()
+            .or_else(|| dag.and_then(|d| d.compiler_of(node)));
+        let mut out = String::new();
+        let mut rest = self.template.as_str();
+        while let Some(open) = rest.find('{') {
+            out.push_str(&rest[..open]);
+            let close = rest[open..].find('}').ok_or_else(|| {
+                FormatError::invalid("projection", format!("unclosed {{ in {:?}", self.template))
+            })? + open;
+            let token = &rest[open + 1..close];
+            out.push_str(&self.token(token, node, compiler.as_ref())?);
+            rest = &rest[close + 1..];
+        }
+        out.push_str(rest);
+        Ok(out
+            .split('/')
+            .map(sanitize_component)
+            .collect::<Vec<_>>()
+            .join("/"))
+    }
+
+    fn token(
+        &self,
+        token: &str,
+        node: &SpecNode,
+        compiler: Option<&(String, String)>,
+    ) -> Result<String, FormatError> {
+        let (cname, cver) = compiler
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .unwrap_or_else(|| ("none".into(), "none".into()));
+        Ok(match token {
+            "name" => node.name.clone(),
+            "version" => node.version.clone(),
+            "hash" => node.hash.clone(),
+            "namespace" => node.namespace.clone(),
+            "architecture" | "arch" => {
+                format!("{}-{}-{}", node.platform, node.platform_os, node.target)
+            }
+            "architecture.platform" | "platform" => node.platform.clone(),
+            "architecture.os" | "architecture.platform_os" | "os" => node.platform_os.clone(),
+            "architecture.target" | "target" => node.target.clone(),
+            "compiler.name" => cname,
+            "compiler.version" => cver,
+            "compiler" => format!("{cname}-{cver}"),
+            t => {
+                if let Some(n) = t.strip_prefix("hash:") {
+                    let n: usize = n.parse().map_err(|_| {
+                        FormatError::invalid("projection", format!("bad token {{{t}}}"))
+                    })?;
+                    node.hash.chars().take(n).collect()
+                } else {
+                    return Err(FormatError::invalid(
+                        "projection",
+                        format!("unknown token {{{t}}}"),
+                    ));
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_and_v2_style_projections() {
+        let dag = SpecDag::parse(
+            br#"{"spec":{"nodes":[{"name":"zlib","version":"git.ab=1.2","arch":{"platform":"linux","platform_os":"debian12","target":"x86_64"},"compiler":{"name":"gcc","version":"12.2.0"},"hash":"abcdefgh"}]}}"#,
+            "t",
+        )
+        .unwrap();
+        let node = dag.root_node();
+        assert_eq!(
+            Projection::default().format(node, Some(&dag)).unwrap(),
+            "linux-x86_64/zlib-git.ab_1.2-abcdefgh"
+        );
+        let p = Projection::new("{architecture}/{compiler.name}-{compiler.version}/{name}-{version}-{hash:3}").unwrap();
+        assert_eq!(
+            p.format(node, Some(&dag)).unwrap(),
+            "linux-debian12-x86_64/gcc-12.2.0/zlib-git.ab_1.2-abc"
+        );
+        assert!(Projection::new("{nope}").is_err());
+        assert!(Projection::new("../{name}").is_err());
+    }
+}

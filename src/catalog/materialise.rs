@@ -1,0 +1,257 @@
+//! Materialisation: turn a package of the catalog into a ready prefix under an install root.
+//! The manifest is verified (catalog), the tarball streamed from the transport into the
+//! blocking install pipeline (hash → inflate → hardened untar → relocate), then the staged
+//! prefix is published by one rename. Packages run in parallel, `jobs` at a time.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::io::{StreamReader, SyncIoBridge};
+
+use super::{Catalog, CatalogError, PackageMeta};
+use crate::buildcache::projection::Projection;
+use crate::buildcache::spec::SpecNode;
+use crate::install::relocate::map::RelocationMap;
+use crate::install::{self, InstallError, Limits};
+
+/// Where and how to install.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The install root (unpadded).
+    pub root: String,
+    pub projection: Projection,
+    pub limits: Limits,
+}
+
+impl Target {
+    pub fn prefix_of(&self, node: &SpecNode, dag: Option<&crate::buildcache::spec::SpecDag>) -> Result<PathBuf, crate::buildcache::FormatError> {
+        Catalog::prefix_of(&self.root, &self.projection, node, dag)
+    }
+}
+
+/// Time spent in each phase, as Spack reports them.
+#[derive(Debug, Clone, Default)]
+pub struct Timings {
+    /// Reading the manifest and spec.
+    pub fetch: Duration,
+    /// Signature check (part of reading the manifest).
+    pub verify: Duration,
+    /// Streaming the tarball: download, sha256, inflate, untar.
+    pub extract: Duration,
+    pub relocate: Duration,
+    pub total: Duration,
+}
+
+impl std::fmt::Display for Timings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = |d: Duration| format!("{:.2}s", d.as_secs_f64());
+        write!(
+            f,
+            "Fetch: {}.  Verify: {}.  Extract: {}.  Relocate: {}.  Total: {}",
+            s(self.fetch),
+            s(self.verify),
+            s(self.extract),
+            s(self.relocate),
+            s(self.total)
+        )
+    }
+}
+
+/// The outcome of one package.
+#[derive(Debug)]
+pub enum Outcome {
+    Installed {
+        prefix: PathBuf,
+        timings: Timings,
+        unpacked_bytes: u64,
+        compressed_bytes: u64,
+    },
+    AlreadyInstalled { prefix: PathBuf },
+}
+
+/// Install one package into `target`.
+pub async fn install_one(
+    catalog: &Catalog,
+    node: &SpecNode,
+    target: &Target,
+) -> Result<Outcome, CatalogError> {
+    let start = Instant::now();
+    let meta = catalog.meta(node).await?;
+    let fetched = start.elapsed();
+    let prefix = target
+        .prefix_of(meta.node(), Some(&meta.dag))
+        .map_err(|e| catalog.format_err(e))?;
+    if prefix.exists() {
+        return Ok(Outcome::AlreadyInstalled { prefix });
+    }
+    let package = node.display();
+    let wrap = |source: InstallError| CatalogError::Install {
+        package: package.clone(),
+        mirror: catalog.mirror().to_string(),
+        source,
+    };
+    let root = PathBuf::from(&target.root);
+    let staging_parent = root.join(".spackfs-staging");
+    std::fs::create_dir_all(&staging_parent)
+        .map_err(|e| wrap(InstallError::io(&package, &staging_parent, e)))?;
+    let staging = tempfile::Builder::new()
+        .prefix(&format!("{}-", node.hash))
+        .tempdir_in(&staging_parent)
+        .map_err(|e| wrap(InstallError::io(&package, &staging_parent, e)))?;
+    let stream = catalog.store().get(&meta.tarball_path).await?;
+    let reader = SyncIoBridge::new(StreamReader::new(stream));
+    let job = Job {
+        meta: meta.clone(),
+        target: target.clone(),
+        staging: staging.path().to_path_buf(),
+        prefix: prefix.clone(),
+        what: package.clone(),
+    };
+    let result = tokio::task::spawn_blocking(move || job.run(reader))
+        .await
+        .expect("install task panicked");
+    drop(staging);
+    let _ = std::fs::remove_dir(&staging_parent);
+    let done = result.map_err(wrap)?;
+    let mut timings = done.timings.clone();
+    timings.fetch = fetched;
+    timings.total = start.elapsed();
+    tracing::info!(
+        "{}: Successfully installed {} at {}\n  {}",
+        node.name,
+        node.stem(),
+        prefix.display(),
+        timings
+    );
+    Ok(done.outcome(prefix, timings))
+}
+
+struct Job {
+    meta: PackageMeta,
+    target: Target,
+    staging: PathBuf,
+    prefix: PathBuf,
+    what: String,
+}
+
+struct Done {
+    timings: Timings,
+    unpacked: u64,
+    compressed: u64,
+    published: bool,
+}
+
+impl Done {
+    fn outcome(self, prefix: PathBuf, timings: Timings) -> Outcome {
+        if self.published {
+            Outcome::Installed {
+                prefix,
+                timings,
+                unpacked_bytes: self.unpacked,
+                compressed_bytes: self.compressed,
+            }
+        } else {
+            Outcome::AlreadyInstalled { prefix }
+        }
+    }
+}
+
+impl Job {
+    fn run(self, reader: impl std::io::Read) -> Result<Done, InstallError> {
+        let what = &self.what;
+        let t = Instant::now();
+        let ex = install::extract::extract(
+            reader,
+            &self.meta.tarball_sha256,
+            self.meta.tarball_size,
+            &self.staging,
+            self.target.limits,
+            what,
+        )?;
+        let extract = t.elapsed();
+        let t = Instant::now();
+        let map = RelocationMap::for_package(
+            &ex.buildinfo,
+            &self.meta.dag,
+            &self.target.root,
+            what,
+            |n| {
+                self.target
+                    .prefix_of(n, Some(&self.meta.dag))
+                    .map(|p| p.to_string_lossy().into_owned())
+            },
+        )?;
+        let report = install::relocate::relocate(&ex.prefix_dir, &ex.members, &ex.buildinfo, &map, what)?;
+        install::finish::finish(&ex.prefix_dir, &ex.members, &report, what)?;
+        let relocate = t.elapsed();
+        let published = publish(&ex.prefix_dir, &self.prefix, what)?;
+        Ok(Done {
+            timings: Timings {
+                extract,
+                relocate,
+                ..Default::default()
+            },
+            unpacked: ex.unpacked_bytes,
+            compressed: ex.compressed_bytes,
+            published,
+        })
+    }
+}
+
+/// Move the finished prefix into place with one rename. Returns false when another process
+/// published the same prefix first.
+fn publish(staged: &Path, prefix: &Path, what: &str) -> Result<bool, InstallError> {
+    if let Some(parent) = prefix.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| InstallError::io(what, parent, e))?;
+    }
+    match std::fs::rename(staged, prefix) {
+        Ok(()) => Ok(true),
+        Err(e) if prefix.is_dir() => {
+            tracing::debug!("{what}: {} appeared meanwhile: {e}", prefix.display());
+            Ok(false)
+        }
+        Err(e) => Err(InstallError::io(what, prefix, e)),
+    }
+}
+
+/// Put Spack's `sbang` at `<root>/bin/sbang`, as a Spack install does.
+pub fn install_sbang(root: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = root.join("bin");
+    std::fs::create_dir_all(&bin)?;
+    let path = bin.join("sbang");
+    if std::fs::read(&path).is_ok_and(|b| b == crate::SBANG_SCRIPT) {
+        return Ok(());
+    }
+    let tmp = tempfile::NamedTempFile::new_in(&bin)?;
+    std::fs::write(tmp.path(), crate::SBANG_SCRIPT)?;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))?;
+    tmp.persist(&path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Install several packages, `jobs` at a time. Results come back in input order.
+pub async fn install_many(
+    catalog: Arc<Catalog>,
+    nodes: Vec<SpecNode>,
+    target: Target,
+    jobs: usize,
+) -> Vec<(SpecNode, Result<Outcome, CatalogError>)> {
+    let sem = Arc::new(tokio::sync::Semaphore::new(jobs.max(1)));
+    let target = Arc::new(target);
+    let mut handles = Vec::new();
+    for node in nodes {
+        let (catalog, target, sem) = (catalog.clone(), target.clone(), sem.clone());
+        handles.push(tokio::spawn(async move {
+            let _permit = sem.acquire().await.expect("semaphore open");
+            let r = install_one(&catalog, &node, &target).await;
+            (node, r)
+        }));
+    }
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.expect("install task panicked"));
+    }
+    out
+}

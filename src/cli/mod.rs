@@ -1,0 +1,306 @@
+//! Command-line verbs. `anyhow` lives here only.
+
+mod demo;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use spackfs::buildcache::projection::{Projection, DEFAULT_PROJECTION};
+use spackfs::buildcache::spec::short_hash;
+use spackfs::catalog::materialise::{self, Outcome, Target};
+use spackfs::catalog::{Catalog, TrustPolicy};
+use spackfs::config::MirrorConfig;
+use spackfs::install::Limits;
+
+#[derive(Parser)]
+#[command(name = "spackfs", version, about = "Serve a Spack binary build cache as installed prefixes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the packages a mirror offers.
+    Ls {
+        #[command(flatten)]
+        mirror: MirrorArgs,
+        /// Install root used to show each package's prefix.
+        #[arg(long, default_value = "/user-environment")]
+        root: String,
+        #[arg(long, default_value = DEFAULT_PROJECTION)]
+        projection: String,
+    },
+    /// Install packages and their link/run dependencies, like `spack buildcache install`.
+    Install {
+        #[command(flatten)]
+        mirror: MirrorArgs,
+        /// Install root (the new store root).
+        #[arg(long)]
+        root: PathBuf,
+        #[arg(long, default_value = DEFAULT_PROJECTION)]
+        projection: String,
+        /// Packages installed in parallel (default: number of cores).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Refuse tarballs that inflate past this size (e.g. 64GiB, 500MB).
+        #[arg(long, default_value = "64GiB")]
+        max_unpacked_size: bytesize::ByteSize,
+        /// `name`, `name@version` or `/hashprefix`.
+        #[arg(required = true)]
+        specs: Vec<String>,
+    },
+    /// Build an example mirror, install from it and run the relocated binary.
+    Demo {
+        /// Keep the demo's files in this directory instead of a temporary one.
+        #[arg(long)]
+        workdir: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Clone)]
+struct MirrorArgs {
+    /// The mirror: a `file://` URL or a path.
+    mirror: String,
+    /// Trust this key file (armored or binary; repeatable).
+    #[arg(long = "key")]
+    keys: Vec<PathBuf>,
+    /// Trust every key file in this directory (repeatable).
+    #[arg(long)]
+    keyring: Vec<PathBuf>,
+    /// Do not check signatures.
+    #[arg(long, conflicts_with_all = ["keys", "keyring"])]
+    unsigned: bool,
+}
+
+impl MirrorArgs {
+    fn config(&self) -> MirrorConfig {
+        MirrorConfig {
+            url: self.mirror.clone(),
+            signed: !self.unsigned,
+            key_files: self.keys.clone(),
+            keyring_dirs: self.keyring.clone(),
+        }
+    }
+}
+
+/// Open the catalog of a mirror with its trust policy.
+pub(crate) async fn open_catalog(cfg: &MirrorConfig) -> Result<Catalog> {
+    let trust = if cfg.signed {
+        let ring = cfg.keyring()?;
+        if ring.is_empty() {
+            tracing::warn!(
+                "mirror {} requires signatures but no key is trusted (use --key, --keyring or --unsigned)",
+                cfg.url
+            );
+        }
+        TrustPolicy::Require(ring)
+    } else {
+        TrustPolicy::Unsigned
+    };
+    let store = spackfs::transport::open(&cfg.url)?;
+    Ok(Catalog::open(store, trust).await?)
+}
+
+pub fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SPACKFS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Ls {
+            mirror,
+            root,
+            projection,
+        } => ls(&mirror.config(), &root, &projection).await,
+        Command::Install {
+            mirror,
+            root,
+            projection,
+            jobs,
+            max_unpacked_size,
+            specs,
+        } => {
+            let jobs = jobs.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(2, |n| n.get())
+            });
+            let limits = Limits {
+                max_unpacked: max_unpacked_size.as_u64(),
+            };
+            let summary = install(&mirror.config(), &root, &projection, jobs, limits, &specs).await?;
+            println!("{summary}");
+            Ok(if summary.failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Demo { workdir } => demo::run(workdir).await,
+    }
+}
+
+async fn ls(cfg: &MirrorConfig, root: &str, projection: &str) -> Result<ExitCode> {
+    let catalog = open_catalog(cfg).await?;
+    let projection = Projection::new(projection)?;
+    let mut rows = Vec::new();
+    for e in catalog.available() {
+        let node = &e.node;
+        let (prefix, size, signer) = match catalog.meta(node).await {
+            Ok(m) => (
+                Catalog::prefix_of(root, &projection, node, Some(&m.dag))?,
+                m.tarball_size
+                    .map(|s| bytesize::ByteSize::b(s).to_string())
+                    .unwrap_or_else(|| "?".into()),
+                m.signer.unwrap_or_else(|| "unsigned".into()),
+            ),
+            Err(err) => (
+                Catalog::prefix_of(root, &projection, node, None)?,
+                "?".into(),
+                format!("UNTRUSTED ({err})"),
+            ),
+        };
+        rows.push([
+            node.name.clone(),
+            node.version.clone(),
+            short_hash(&node.hash).to_string(),
+            prefix.display().to_string(),
+            size,
+            signer,
+        ]);
+    }
+    let widths: Vec<usize> = (0..5)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    for r in &rows {
+        println!(
+            "{:w0$}  {:w1$}  {:w2$}  {:w3$}  {:>w4$}  {}",
+            r[0], r[1], r[2], r[3], r[4], r[5],
+            w0 = widths[0], w1 = widths[1], w2 = widths[2], w3 = widths[3], w4 = widths[4]
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What an install run did.
+pub(crate) struct Summary {
+    pub installed: Vec<(String, PathBuf)>,
+    pub present: usize,
+    pub failed: usize,
+    pub unpacked_bytes: u64,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "installed {} package(s), {} already present, {} failed",
+            self.installed.len(),
+            self.present,
+            self.failed
+        )
+    }
+}
+
+pub(crate) async fn install(
+    cfg: &MirrorConfig,
+    root: &std::path::Path,
+    projection: &str,
+    jobs: usize,
+    limits: Limits,
+    specs: &[String],
+) -> Result<Summary> {
+    let catalog = Arc::new(open_catalog(cfg).await?);
+    let projection = Projection::new(projection)?;
+    std::fs::create_dir_all(root).with_context(|| format!("creating root {}", root.display()))?;
+    let root = std::path::absolute(root)?;
+    let root_str = root.to_str().context("install root is not UTF-8")?.trim_end_matches('/').to_string();
+    if root_str.is_empty() {
+        bail!("the install root cannot be /");
+    }
+    let mut requested = Vec::new();
+    for s in specs {
+        requested.extend(catalog.resolve(s)?.into_iter().map(|e| e.node.clone()));
+    }
+    let closure = catalog.closure(&requested).await?;
+    for (pkg, parent, why) in &closure.skipped {
+        match parent {
+            Some(p) => tracing::warn!("skipping {pkg} (needed by {p}): {why}"),
+            None => tracing::warn!("skipping {pkg}: {why}"),
+        }
+    }
+    let mut failed = closure.failed.len();
+    for (_, e) in &closure.failed {
+        tracing::error!("{e}");
+    }
+    let nodes: Vec<_> = closure
+        .order
+        .iter()
+        .map(|h| closure.nodes[h].clone())
+        .collect();
+    let target = Target {
+        root: root_str,
+        projection,
+        limits,
+    };
+    let results = materialise::install_many(catalog.clone(), nodes, target, jobs).await;
+    let mut summary = Summary {
+        installed: Vec::new(),
+        present: 0,
+        failed: 0,
+        unpacked_bytes: 0,
+    };
+    for (node, r) in results {
+        match r {
+            Ok(Outcome::Installed {
+                prefix,
+                unpacked_bytes,
+                ..
+            }) => {
+                summary.unpacked_bytes += unpacked_bytes;
+                summary.installed.push((node.display(), prefix));
+            }
+            Ok(Outcome::AlreadyInstalled { prefix }) => {
+                tracing::info!("{}: already installed at {}", node.display(), prefix.display());
+                summary.present += 1;
+            }
+            Err(e) => {
+                tracing::error!("{e:#}");
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    tracing::debug!("  caused by: {s}");
+                    src = s.source();
+                }
+                failed += 1;
+            }
+        }
+    }
+    summary.failed = failed;
+    if !summary.installed.is_empty() || summary.present > 0 {
+        materialise::install_sbang(&root)
+            .with_context(|| format!("installing {}/bin/sbang", root.display()))?;
+    }
+    Ok(summary)
+}

@@ -1,0 +1,415 @@
+//! Hardened, streaming extraction of a Spack tarball into a staging directory.
+//!
+//! The tarball is hostile until its sha256 matched, and still checked after: member names are
+//! compared component-wise; absolute names, `.`/`..`, empty components and NUL bytes are
+//! refused; nothing is written below a symlink member; hard links must name an earlier regular
+//! file; only directories, regular files, symlinks and hard links are accepted; modes lose
+//! setuid/setgid/sticky and group/world write bits. Members land at their full names under
+//! the staging root; when the stream ends, the package prefix is located from the shortest
+//! `.spack/binary_distribution` (as Spack does) and every member must lie inside it (or be one
+//! of its parent directories).
+
+use std::collections::{HashMap, HashSet};
+use std::fs::OpenOptions;
+use std::io::{BufReader, Read};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use tar::EntryType;
+
+use super::hashing::HashingReader;
+use super::inflate::{decoder, LimitReader};
+use super::{InstallError, Limits};
+use crate::buildcache::buildinfo::BuildInfo;
+
+/// What a member is, once extracted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberKind {
+    Dir,
+    File,
+    Symlink,
+    /// A hard link to the named earlier member.
+    HardLink(String),
+}
+
+/// An extracted (not yet relocated) package in staging.
+#[derive(Debug)]
+pub struct Extracted {
+    /// The package prefix inside staging.
+    pub prefix_dir: PathBuf,
+    /// The member name of the prefix (build-time prefix without the leading `/`).
+    pub member_prefix: String,
+    /// The relocation metadata.
+    pub buildinfo: BuildInfo,
+    /// Members below the prefix, by path relative to it, with their kind and tar mode.
+    pub members: HashMap<String, (MemberKind, u32)>,
+    /// sha256 and size of the stored (compressed) blob.
+    pub sha256: String,
+    pub compressed_bytes: u64,
+    /// Bytes of tar data inflated.
+    pub unpacked_bytes: u64,
+}
+
+/// Extract `input` (the stored blob bytes) into `staging` and check its sha256 (and length,
+/// when known) against the manifest. On any error the caller removes `staging`.
+pub fn extract(
+    input: impl Read,
+    expected_sha256: &str,
+    expected_len: Option<u64>,
+    staging: &Path,
+    limits: Limits,
+    what: &str,
+) -> Result<Extracted, InstallError> {
+    let mut hashing = HashingReader::new(input);
+    let result = untar(&mut hashing, staging, limits, what);
+    // Hash the whole blob, even when untar stopped early: a corrupt blob is reported as such.
+    let (sha256, compressed_bytes) = hashing
+        .finish()
+        .map_err(|e| InstallError::Tar {
+            what: what.to_string(),
+            message: format!("reading the blob: {e}"),
+        })?;
+    if let Some(expected) = expected_len {
+        if expected != compressed_bytes {
+            return Err(InstallError::Length {
+                what: what.to_string(),
+                expected,
+                actual: compressed_bytes,
+            });
+        }
+    }
+    if !sha256.eq_ignore_ascii_case(expected_sha256) {
+        return Err(InstallError::Checksum {
+            what: what.to_string(),
+            expected: expected_sha256.to_string(),
+            actual: sha256,
+        });
+    }
+    let (members, unpacked_bytes) = result?;
+    locate_prefix(members, staging, sha256, compressed_bytes, unpacked_bytes, what)
+}
+
+/// One member as recorded during the stream (full name, no trailing slash).
+struct Member {
+    name: String,
+    kind: MemberKind,
+    mode: u32,
+}
+
+fn untar(
+    input: &mut impl Read,
+    staging: &Path,
+    limits: Limits,
+    what: &str,
+) -> Result<(Vec<Member>, u64), InstallError> {
+    let buffered = BufReader::with_capacity(256 * 1024, input);
+    let inflated = decoder(buffered).map_err(|found| InstallError::Compression {
+        what: what.to_string(),
+        found,
+    })?;
+    let mut limited = LimitReader::new(inflated, limits.max_unpacked);
+    let result = untar_members(&mut limited, staging, what);
+    if limited.exceeded() {
+        return Err(InstallError::TooLarge {
+            what: what.to_string(),
+            limit: limits.max_unpacked,
+        });
+    }
+    result.map(|m| (m, limited.total()))
+}
+
+fn untar_members(
+    input: &mut impl Read,
+    staging: &Path,
+    what: &str,
+) -> Result<Vec<Member>, InstallError> {
+    let tar_err = |e: std::io::Error| InstallError::Tar {
+        what: what.to_string(),
+        message: e.to_string(),
+    };
+    let mut archive = tar::Archive::new(input);
+    let mut members: Vec<Member> = Vec::new();
+    let mut kinds: HashMap<String, MemberKind> = HashMap::new();
+    let mut symlinks: HashSet<String> = HashSet::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    for entry in archive.entries().map_err(tar_err)? {
+        let mut entry = entry.map_err(tar_err)?;
+        let etype = entry.header().entry_type();
+        if matches!(etype, EntryType::XGlobalHeader) {
+            continue;
+        }
+        let raw_name = entry.path_bytes().into_owned();
+        let name = check_name(&raw_name).map_err(|reason| InstallError::UnsafeMember {
+            what: what.to_string(),
+            member: String::from_utf8_lossy(&raw_name).into_owned(),
+            reason,
+        })?;
+        let unsafe_member = |reason: String| InstallError::UnsafeMember {
+            what: what.to_string(),
+            member: name.clone(),
+            reason,
+        };
+        // Nothing may be written below a symlink (or a file).
+        for (i, _) in name.match_indices('/') {
+            let ancestor = &name[..i];
+            if symlinks.contains(ancestor) {
+                return Err(unsafe_member(format!(
+                    "its parent {ancestor:?} is a symlink: writing through it is refused"
+                )));
+            }
+            if matches!(
+                kinds.get(ancestor),
+                Some(MemberKind::File | MemberKind::HardLink(_))
+            ) {
+                return Err(unsafe_member(format!("its parent {ancestor:?} is a file")));
+            }
+        }
+        let mode = entry.header().mode().map_err(tar_err)? & 0o755;
+        let dest = staging.join(&name);
+        let kind = match etype {
+            EntryType::Directory => {
+                match kinds.get(&name) {
+                    None | Some(MemberKind::Dir) => {}
+                    Some(_) => return Err(unsafe_member("duplicate member".into())),
+                }
+                std::fs::create_dir_all(&dest).map_err(|e| InstallError::io(what, &dest, e))?;
+                MemberKind::Dir
+            }
+            EntryType::Regular | EntryType::Continuous => {
+                if kinds.contains_key(&name) {
+                    return Err(unsafe_member("duplicate member".into()));
+                }
+                create_parent(&dest, what)?;
+                let mut f = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .mode(0o600)
+                    .open(&dest)
+                    .map_err(|e| InstallError::io(what, &dest, e))?;
+                copy(&mut entry, &mut f, &mut buf)
+                    .map_err(|e| map_copy_err(e, what, &dest))?;
+                MemberKind::File
+            }
+            EntryType::Symlink => {
+                if kinds.contains_key(&name) {
+                    return Err(unsafe_member("duplicate member".into()));
+                }
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| unsafe_member("symlink without target".into()))?;
+                if target.is_empty() || target.contains(&0) {
+                    return Err(unsafe_member("empty or NUL-containing symlink target".into()));
+                }
+                create_parent(&dest, what)?;
+                let target = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&target);
+                std::os::unix::fs::symlink(target, &dest)
+                    .map_err(|e| InstallError::io(what, &dest, e))?;
+                symlinks.insert(name.clone());
+                MemberKind::Symlink
+            }
+            EntryType::Link => {
+                if kinds.contains_key(&name) {
+                    return Err(unsafe_member("duplicate member".into()));
+                }
+                let raw_target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| unsafe_member("hard link without target".into()))?;
+                let target = check_name(&raw_target)
+                    .map_err(|r| unsafe_member(format!("hard link target: {r}")))?;
+                if kinds.get(&target) != Some(&MemberKind::File) {
+                    return Err(unsafe_member(format!(
+                        "hard link to {target:?}, which is not an earlier regular file of the tarball"
+                    )));
+                }
+                create_parent(&dest, what)?;
+                let src = staging.join(&target);
+                std::fs::hard_link(&src, &dest).map_err(|e| InstallError::io(what, &dest, e))?;
+                MemberKind::HardLink(target)
+            }
+            other => {
+                return Err(unsafe_member(format!(
+                    "member type {other:?} is not allowed (only directories, files, symlinks, hard links)"
+                )))
+            }
+        };
+        kinds.insert(name.clone(), kind.clone());
+        members.push(Member { name, kind, mode });
+    }
+    Ok(members)
+}
+
+fn create_parent(dest: &Path, what: &str) -> Result<(), InstallError> {
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| InstallError::io(what, parent, e))?;
+    }
+    Ok(())
+}
+
+fn copy(src: &mut impl Read, dst: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    loop {
+        let n = match src.read(buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        dst.write_all(&buf[..n])?;
+    }
+}
+
+fn map_copy_err(e: std::io::Error, what: &str, dest: &Path) -> InstallError {
+    if e.raw_os_error().is_some() {
+        InstallError::io(what, dest, e)
+    } else {
+        InstallError::Tar {
+            what: what.to_string(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Check a member name: relative, no NUL, no empty/`.`/`..` components (a trailing `/` is
+/// allowed). Returns the name without its trailing slash.
+pub fn check_name(raw: &[u8]) -> Result<String, String> {
+    let name = std::str::from_utf8(raw).map_err(|_| "name is not UTF-8".to_string())?;
+    if name.contains('\0') {
+        return Err("NUL byte in name".into());
+    }
+    if name.starts_with('/') {
+        return Err("absolute name".into());
+    }
+    let name = name.strip_suffix('/').unwrap_or(name);
+    if name.is_empty() {
+        return Err("empty name".into());
+    }
+    for c in name.split('/') {
+        match c {
+            "" => return Err("empty path component".into()),
+            "." | ".." => return Err(format!("{c:?} path component")),
+            _ => {}
+        }
+    }
+    Ok(name.to_string())
+}
+
+/// Is `name` equal to `prefix` or below it, comparing whole components?
+fn is_within(name: &str, prefix: &str) -> bool {
+    name == prefix
+        || (name.len() > prefix.len()
+            && name.starts_with(prefix)
+            && name.as_bytes()[prefix.len()] == b'/')
+}
+
+fn locate_prefix(
+    members: Vec<Member>,
+    staging: &Path,
+    sha256: String,
+    compressed_bytes: u64,
+    unpacked_bytes: u64,
+    what: &str,
+) -> Result<Extracted, InstallError> {
+    let layout_err = |message: String| InstallError::Layout {
+        what: what.to_string(),
+        message,
+    };
+    let info_name = members
+        .iter()
+        .filter(|m| m.kind == MemberKind::File)
+        .map(|m| m.name.as_str())
+        .filter(|n| *n == ".spack/binary_distribution" || n.ends_with("/.spack/binary_distribution"))
+        .min_by_key(|n| n.len())
+        .ok_or_else(|| {
+            layout_err("not a Spack package: the tarball has no .spack/binary_distribution".into())
+        })?
+        .to_string();
+    let member_prefix = info_name
+        .strip_suffix(".spack/binary_distribution")
+        .unwrap_or("")
+        .trim_end_matches('/')
+        .to_string();
+    if member_prefix.is_empty() {
+        return Err(layout_err(
+            ".spack/binary_distribution is at the top of the tarball: no package prefix".into(),
+        ));
+    }
+    let mut has_prefix_dir = false;
+    let mut out = HashMap::new();
+    for m in members {
+        if m.name == member_prefix {
+            if m.kind != MemberKind::Dir {
+                return Err(InstallError::UnsafeMember {
+                    what: what.to_string(),
+                    member: m.name,
+                    reason: "the package prefix is not a directory".into(),
+                });
+            }
+            has_prefix_dir = true;
+            continue;
+        }
+        if is_within(&m.name, &member_prefix) {
+            if let MemberKind::HardLink(target) = &m.kind {
+                if !is_within(target, &member_prefix) {
+                    return Err(InstallError::UnsafeMember {
+                        what: what.to_string(),
+                        member: m.name,
+                        reason: format!("hard link to {target:?}, outside the package prefix"),
+                    });
+                }
+            }
+            let rel = m.name[member_prefix.len() + 1..].to_string();
+            let kind = match m.kind {
+                MemberKind::HardLink(t) => {
+                    MemberKind::HardLink(t[member_prefix.len() + 1..].to_string())
+                }
+                k => k,
+            };
+            out.insert(rel, (kind, m.mode));
+        } else if m.kind == MemberKind::Dir && is_within(&member_prefix, &m.name) {
+            // A parent directory of the prefix (layout 2 lists them all).
+        } else {
+            return Err(InstallError::UnsafeMember {
+                what: what.to_string(),
+                member: m.name,
+                reason: format!("outside the package prefix {member_prefix:?}"),
+            });
+        }
+    }
+    if !has_prefix_dir {
+        return Err(layout_err(format!(
+            "the tarball has no directory member for its prefix {member_prefix:?}"
+        )));
+    }
+    let prefix_dir = staging.join(&member_prefix);
+    let info_path = prefix_dir.join(".spack/binary_distribution");
+    let info_bytes =
+        std::fs::read(&info_path).map_err(|e| InstallError::io(what, &info_path, e))?;
+    let buildinfo = BuildInfo::parse(&info_bytes, &format!("{what}: .spack/binary_distribution"))?;
+    Ok(Extracted {
+        prefix_dir,
+        member_prefix,
+        buildinfo,
+        members: out,
+        sha256,
+        compressed_bytes,
+        unpacked_bytes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked_component_wise() {
+        assert_eq!(check_name(b"opt/x/").unwrap(), "opt/x");
+        assert!(check_name(b"/etc/passwd").is_err());
+        assert!(check_name(b"opt/../etc").is_err());
+        assert!(check_name(b"opt//x").is_err());
+        assert!(check_name(b"./opt").is_err());
+        assert!(is_within("a/b/c", "a/b"));
+        assert!(!is_within("a/bX/c", "a/b"));
+        assert!(is_within("a/b", "a/b"));
+    }
+}
