@@ -5,8 +5,8 @@
 //! the map; each module's top comment says its one job.
 
 pub mod buildcache;
-pub mod config;
 pub mod catalog;
+pub mod config;
 pub mod install;
 pub mod transport;
 pub mod trust;

@@ -119,7 +119,9 @@ mod tests {
     #[test]
     fn v2_names() {
         assert_eq!(
-            parse_v2_spec_file("build_cache/linux-debian12-x86_64-gcc-12.2.0-demo-1.0-ms5p.spec.json.sig"),
+            parse_v2_spec_file(
+                "build_cache/linux-debian12-x86_64-gcc-12.2.0-demo-1.0-ms5p.spec.json.sig"
+            ),
             Some(("ms5p".into(), true))
         );
         assert_eq!(parse_v2_spec_file("build_cache/index.json"), None);

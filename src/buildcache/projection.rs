@@ -5,7 +5,8 @@ use super::spec::{SpecDag, SpecNode};
 use super::FormatError;
 
 /// Spack 1.x default projection.
-pub const DEFAULT_PROJECTION: &str = "{architecture.platform}-{architecture.target}/{name}-{version}-{hash}";
+pub const DEFAULT_PROJECTION: &str =
+    "{architecture.platform}-{architecture.target}/{name}-{version}-{hash}";
 
 /// A validated projection template.
 #[derive(Debug, Clone)]
@@ -123,7 +124,10 @@ mod tests {
             Projection::default().format(node, Some(&dag)).unwrap(),
             "linux-x86_64/zlib-git.ab_1.2-abcdefgh"
         );
-        let p = Projection::new("{architecture}/{compiler.name}-{compiler.version}/{name}-{version}-{hash:3}").unwrap();
+        let p = Projection::new(
+            "{architecture}/{compiler.name}-{compiler.version}/{name}-{version}-{hash:3}",
+        )
+        .unwrap();
         assert_eq!(
             p.format(node, Some(&dag)).unwrap(),
             "linux-debian12-x86_64/gcc-12.2.0/zlib-git.ab_1.2-abc"

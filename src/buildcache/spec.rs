@@ -207,7 +207,12 @@ impl SpecDag {
                     Some(node)
                 })
                 .collect(),
-            _ => return Err(FormatError::invalid(what, "\"spec\" is neither map nor list")),
+            _ => {
+                return Err(FormatError::invalid(
+                    what,
+                    "\"spec\" is neither map nor list",
+                ))
+            }
         };
         let mut nodes = IndexMap::new();
         for n in &list {

@@ -25,7 +25,11 @@ pub struct Target {
 }
 
 impl Target {
-    pub fn prefix_of(&self, node: &SpecNode, dag: Option<&crate::buildcache::spec::SpecDag>) -> Result<PathBuf, crate::buildcache::FormatError> {
+    pub fn prefix_of(
+        &self,
+        node: &SpecNode,
+        dag: Option<&crate::buildcache::spec::SpecDag>,
+    ) -> Result<PathBuf, crate::buildcache::FormatError> {
         Catalog::prefix_of(&self.root, &self.projection, node, dag)
     }
 }
@@ -67,7 +71,9 @@ pub enum Outcome {
         unpacked_bytes: u64,
         compressed_bytes: u64,
     },
-    AlreadyInstalled { prefix: PathBuf },
+    AlreadyInstalled {
+        prefix: PathBuf,
+    },
 }
 
 /// Install one package into `target`.
@@ -182,7 +188,8 @@ impl Job {
                     .map(|p| p.to_string_lossy().into_owned())
             },
         )?;
-        let report = install::relocate::relocate(&ex.prefix_dir, &ex.members, &ex.buildinfo, &map, what)?;
+        let report =
+            install::relocate::relocate(&ex.prefix_dir, &ex.members, &ex.buildinfo, &map, what)?;
         install::finish::finish(&ex.prefix_dir, &ex.members, &report, what)?;
         let relocate = t.elapsed();
         let published = publish(&ex.prefix_dir, &self.prefix, what)?;

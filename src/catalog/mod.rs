@@ -63,7 +63,9 @@ pub enum CatalogError {
         mirror: String,
         message: String,
     },
-    #[error("mirror {mirror}: neither a v3 nor a v2 build cache (no index and no manifests found)")]
+    #[error(
+        "mirror {mirror}: neither a v3 nor a v2 build cache (no index and no manifests found)"
+    )]
     Empty { mirror: String },
 }
 
@@ -285,7 +287,9 @@ impl Catalog {
             .map_err(|e| self.format_err(e))?;
         let blob = self.store.get_bytes(&rec.path(), SMALL_LIMIT).await?;
         let blob = maybe_gunzip(blob, path).map_err(|e| self.format_err(e))?;
-        Ok(Some(SpecDag::parse(&blob, path).map_err(|e| self.format_err(e))?))
+        Ok(Some(
+            SpecDag::parse(&blob, path).map_err(|e| self.format_err(e))?,
+        ))
     }
 
     async fn peek_v2(&self, path: &str) -> Result<Option<SpecDag>, CatalogError> {
@@ -295,7 +299,9 @@ impl Catalog {
         } else {
             raw
         };
-        Ok(Some(SpecDag::parse(&text, path).map_err(|e| self.format_err(e))?))
+        Ok(Some(
+            SpecDag::parse(&text, path).map_err(|e| self.format_err(e))?,
+        ))
     }
 
     /// Packages available for install (in the build cache, not external), index order.
@@ -514,10 +520,7 @@ impl Catalog {
     /// The install closure of the requested packages: each one and its link/run dependencies
     /// that the mirror has, dependencies first. Externals and absent dependencies are
     /// returned separately (to be reported, not fatal).
-    pub async fn closure(
-        &self,
-        requested: &[SpecNode],
-    ) -> Result<Closure, CatalogError> {
+    pub async fn closure(&self, requested: &[SpecNode]) -> Result<Closure, CatalogError> {
         let mut out = Closure::default();
         let mut seen = HashSet::new();
         let mut queue: VecDeque<(SpecNode, Option<String>)> =
@@ -528,7 +531,8 @@ impl Catalog {
                 continue;
             }
             if node.external {
-                out.skipped.push((node.display(), parent, "external".into()));
+                out.skipped
+                    .push((node.display(), parent, "external".into()));
                 continue;
             }
             let in_mirror = match self.entries.get(&node.hash) {
@@ -536,14 +540,16 @@ impl Catalog {
                 None => !self.complete,
             };
             if !in_mirror {
-                out.skipped.push((node.display(), parent, "not in the mirror".into()));
+                out.skipped
+                    .push((node.display(), parent, "not in the mirror".into()));
                 continue;
             }
             // Dependencies come from the package's own spec DAG.
             let dag = match self.meta(&node).await {
                 Ok(m) => m.dag,
                 Err(CatalogError::NotInMirror { .. }) if parent.is_some() => {
-                    out.skipped.push((node.display(), parent, "not in the mirror".into()));
+                    out.skipped
+                        .push((node.display(), parent, "not in the mirror".into()));
                     continue;
                 }
                 Err(e) => {

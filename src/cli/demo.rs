@@ -1,10 +1,231 @@
-//! `spackfs demo`: builds an example mirror, installs from it and runs the relocated binary.
+//! `spackfs demo`: builds an example mirror (a C library and a program compiled for a padded
+//! build prefix, packed in Spack's v3 format and signed with a key generated on the spot),
+//! installs it into a temporary root and runs the relocated program.
 
-use std::path::PathBuf;
-use std::process::ExitCode;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 
-pub async fn run(_workdir: Option<PathBuf>) -> Result<ExitCode> {
-    anyhow::bail!("demo: not yet built")
+use spackfs::config::MirrorConfig;
+use spackfs::install::Limits;
+use spackfs::writer::{padded_root, MirrorWriter, NodeDef, SigningKey};
+
+const LIB_C: &str = r#"
+#include <stdio.h>
+#include <string.h>
+const char *hello_datadir(void) { return DATADIR; }
+int hello_message(char *buf, int len) {
+    FILE *f = fopen(DATADIR "/message.txt", "r");
+    if (!f) return -1;
+    int n = (int)fread(buf, 1, len - 1, f);
+    fclose(f);
+    buf[n > 0 && buf[n - 1] == '\n' ? n - 1 : n] = 0;
+    return 0;
+}
+"#;
+
+const MAIN_C: &str = r#"
+#include <stdio.h>
+const char *hello_datadir(void);
+int hello_message(char *buf, int len);
+int main(void) {
+    char msg[256];
+    if (hello_message(msg, sizeof msg) != 0) {
+        fprintf(stderr, "hello: cannot read %s/message.txt\n", hello_datadir());
+        return 1;
+    }
+    printf("%s\n", msg);
+    printf("hello prefix: %s\n", PREFIX);
+    printf("libhello datadir: %s\n", hello_datadir());
+    return 0;
+}
+"#;
+
+fn cc() -> Result<String> {
+    for c in ["cc", "gcc"] {
+        if Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            return Ok(c.to_string());
+        }
+    }
+    bail!("spackfs demo compiles a small C program and needs a C compiler: none of cc, gcc works (on Debian: apt-get install gcc)")
+}
+
+fn run_cc(cc: &str, args: &[&str]) -> Result<()> {
+    let out = Command::new(cc)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {cc}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cc} {} failed:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Build the example mirror at `dir/mirror`; returns the key file path and the root hash.
+pub fn build_mirror(dir: &Path) -> Result<(PathBuf, String)> {
+    let cc = cc()?;
+    let buildpath = padded_root("/opt/spackfs-demo", 128);
+    let lib = NodeDef::new("demo-libhello", "1.0").to_json();
+    let lib_hash = lib["hash"].as_str().unwrap_or_default().to_string();
+    let app = NodeDef::new("demo-hello", "1.0")
+        .dep("demo-libhello", &lib_hash, &["build", "link"])
+        .to_json();
+    let app_hash = app["hash"].as_str().unwrap_or_default().to_string();
+    let lib_prefix = format!("{buildpath}/linux-x86_64/demo-libhello-1.0-{lib_hash}");
+    let app_prefix = format!("{buildpath}/linux-x86_64/demo-hello-1.0-{app_hash}");
+
+    let src = dir.join("src");
+    let lib_dir = dir.join("build/libhello");
+    let app_dir = dir.join("build/hello");
+    for d in [
+        &src,
+        &lib_dir.join("lib"),
+        &lib_dir.join("share/hello"),
+        &lib_dir.join(".spack"),
+        &app_dir.join("bin"),
+        &app_dir.join(".spack"),
+    ] {
+        std::fs::create_dir_all(d)?;
+    }
+    std::fs::write(src.join("libhello.c"), LIB_C)?;
+    std::fs::write(src.join("hello.c"), MAIN_C)?;
+    std::fs::write(
+        lib_dir.join("share/hello/message.txt"),
+        "Hello from a relocated Spack package served by spackfs!\n",
+    )?;
+    std::fs::write(
+        lib_dir.join("lib/hello.pc"),
+        format!("prefix={lib_prefix}\nlibdir=${{prefix}}/lib\nName: hello\nVersion: 1.0\n"),
+    )?;
+    std::fs::write(lib_dir.join(".spack/spec.json"), "{}")?;
+    std::fs::write(app_dir.join(".spack/spec.json"), "{}")?;
+    let so = lib_dir.join("lib/libhello.so");
+    run_cc(
+        &cc,
+        &[
+            "-shared",
+            "-fPIC",
+            "-O2",
+            &format!("-DDATADIR=\"{lib_prefix}/share/hello\""),
+            "-Wl,-soname,libhello.so",
+            "-o",
+            so.to_str().context("path")?,
+            src.join("libhello.c").to_str().context("path")?,
+        ],
+    )?;
+    let exe = app_dir.join("bin/hello");
+    run_cc(
+        &cc,
+        &[
+            "-O2",
+            &format!("-DPREFIX=\"{app_prefix}\""),
+            "-o",
+            exe.to_str().context("path")?,
+            src.join("hello.c").to_str().context("path")?,
+            "-L",
+            lib_dir.join("lib").to_str().context("path")?,
+            "-lhello",
+            &format!("-Wl,-rpath,{lib_prefix}/lib"),
+            "-Wl,--disable-new-dtags",
+        ],
+    )?;
+    std::fs::write(
+        app_dir.join("bin/hello-wrapper.sh"),
+        format!("#!/bin/sh\nexec {app_prefix}/bin/hello \"$@\"\n"),
+    )?;
+    set_exec(&app_dir.join("bin/hello-wrapper.sh"))?;
+    std::os::unix::fs::symlink(
+        format!("{app_prefix}/bin/hello"),
+        app_dir.join("bin/hello-abs"),
+    )?;
+
+    let key = SigningKey::generate("spackfs demo <demo@example.invalid>", None, None)?;
+    let key_file = dir.join("demo-signing-key.pub.asc");
+    std::fs::write(&key_file, key.public_armored()?)?;
+    let mut w = MirrorWriter::new(&dir.join("mirror"), Some(key))?;
+    w.add_package(
+        &[lib.clone()],
+        &lib_dir,
+        &buildpath,
+        &lib_prefix,
+        &[(lib_hash.clone(), lib_prefix.clone())],
+    )?;
+    w.add_package(
+        &[app.clone(), lib.clone()],
+        &app_dir,
+        &buildpath,
+        &app_prefix,
+        &[
+            (app_hash.clone(), app_prefix.clone()),
+            (lib_hash, lib_prefix.clone()),
+        ],
+    )?;
+    w.finish()?;
+    Ok((key_file, app_hash))
+}
+
+fn set_exec(p: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+pub async fn run(workdir: Option<PathBuf>) -> Result<ExitCode> {
+    let tmp;
+    let dir = match workdir {
+        Some(d) => {
+            std::fs::create_dir_all(&d)?;
+            d
+        }
+        None => {
+            tmp = tempfile::Builder::new().prefix("spackfs-demo-").tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    println!("==> building an example mirror in {} (C library + program, padded build prefix, signed v3)", dir.display());
+    let (key_file, app_hash) = build_mirror(&dir)?;
+    let cfg = MirrorConfig {
+        url: dir.join("mirror").to_string_lossy().into_owned(),
+        signed: true,
+        key_files: vec![key_file],
+        keyring_dirs: vec![],
+    };
+    let root = dir.join("root");
+    println!(
+        "==> installing demo-hello and its dependency into {}",
+        root.display()
+    );
+    let summary = super::install(
+        &cfg,
+        &root,
+        spackfs::buildcache::projection::DEFAULT_PROJECTION,
+        2,
+        Limits::default(),
+        &[format!("/{app_hash}")],
+    )
+    .await?;
+    println!("{summary}");
+    if summary.failed > 0 {
+        bail!("the demo install failed");
+    }
+    let exe = root.join(format!("linux-x86_64/demo-hello-1.0-{app_hash}/bin/hello"));
+    println!("==> running {}", exe.display());
+    let out = Command::new(&exe)
+        .output()
+        .with_context(|| format!("running {}", exe.display()))?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        bail!("the relocated program failed ({})", out.status);
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -17,7 +17,11 @@ use spackfs::config::MirrorConfig;
 use spackfs::install::Limits;
 
 #[derive(Parser)]
-#[command(name = "spackfs", version, about = "Serve a Spack binary build cache as installed prefixes")]
+#[command(
+    name = "spackfs",
+    version,
+    about = "Serve a Spack binary build cache as installed prefixes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -144,13 +148,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             max_unpacked_size,
             specs,
         } => {
-            let jobs = jobs.unwrap_or_else(|| {
-                std::thread::available_parallelism().map_or(2, |n| n.get())
-            });
+            let jobs =
+                jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
             let limits = Limits {
                 max_unpacked: max_unpacked_size.as_u64(),
             };
-            let summary = install(&mirror.config(), &root, &projection, jobs, limits, &specs).await?;
+            let summary =
+                install(&mirror.config(), &root, &projection, jobs, limits, &specs).await?;
             println!("{summary}");
             Ok(if summary.failed == 0 {
                 ExitCode::SUCCESS
@@ -197,8 +201,17 @@ async fn ls(cfg: &MirrorConfig, root: &str, projection: &str) -> Result<ExitCode
     for r in &rows {
         println!(
             "{:w0$}  {:w1$}  {:w2$}  {:w3$}  {:>w4$}  {}",
-            r[0], r[1], r[2], r[3], r[4], r[5],
-            w0 = widths[0], w1 = widths[1], w2 = widths[2], w3 = widths[3], w4 = widths[4]
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            r[5],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2],
+            w3 = widths[3],
+            w4 = widths[4]
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -236,7 +249,11 @@ pub(crate) async fn install(
     let projection = Projection::new(projection)?;
     std::fs::create_dir_all(root).with_context(|| format!("creating root {}", root.display()))?;
     let root = std::path::absolute(root)?;
-    let root_str = root.to_str().context("install root is not UTF-8")?.trim_end_matches('/').to_string();
+    let root_str = root
+        .to_str()
+        .context("install root is not UTF-8")?
+        .trim_end_matches('/')
+        .to_string();
     if root_str.is_empty() {
         bail!("the install root cannot be /");
     }
@@ -283,7 +300,11 @@ pub(crate) async fn install(
                 summary.installed.push((node.display(), prefix));
             }
             Ok(Outcome::AlreadyInstalled { prefix }) => {
-                tracing::info!("{}: already installed at {}", node.display(), prefix.display());
+                tracing::info!(
+                    "{}: already installed at {}",
+                    node.display(),
+                    prefix.display()
+                );
                 summary.present += 1;
             }
             Err(e) => {

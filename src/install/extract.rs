@@ -63,12 +63,10 @@ pub fn extract(
     let mut hashing = HashingReader::new(input);
     let result = untar(&mut hashing, staging, limits, what);
     // Hash the whole blob, even when untar stopped early: a corrupt blob is reported as such.
-    let (sha256, compressed_bytes) = hashing
-        .finish()
-        .map_err(|e| InstallError::Tar {
-            what: what.to_string(),
-            message: format!("reading the blob: {e}"),
-        })?;
+    let (sha256, compressed_bytes) = hashing.finish().map_err(|e| InstallError::Tar {
+        what: what.to_string(),
+        message: format!("reading the blob: {e}"),
+    })?;
     if let Some(expected) = expected_len {
         if expected != compressed_bytes {
             return Err(InstallError::Length {
@@ -86,7 +84,14 @@ pub fn extract(
         });
     }
     let (members, unpacked_bytes) = result?;
-    locate_prefix(members, staging, sha256, compressed_bytes, unpacked_bytes, what)
+    locate_prefix(
+        members,
+        staging,
+        sha256,
+        compressed_bytes,
+        unpacked_bytes,
+        what,
+    )
 }
 
 /// One member as recorded during the stream (full name, no trailing slash).
@@ -318,7 +323,9 @@ fn locate_prefix(
         .iter()
         .filter(|m| m.kind == MemberKind::File)
         .map(|m| m.name.as_str())
-        .filter(|n| *n == ".spack/binary_distribution" || n.ends_with("/.spack/binary_distribution"))
+        .filter(|n| {
+            *n == ".spack/binary_distribution" || n.ends_with("/.spack/binary_distribution")
+        })
         .min_by_key(|n| n.len())
         .ok_or_else(|| {
             layout_err("not a Spack package: the tarball has no .spack/binary_distribution".into())

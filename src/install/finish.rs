@@ -33,7 +33,8 @@ pub fn finish(
                 f.set_permissions(Permissions::from_mode(*mode))
                     .map_err(|e| InstallError::io(what, &path, e))?;
                 if !report.changed.contains(rel) {
-                    f.set_times(epoch).map_err(|e| InstallError::io(what, &path, e))?;
+                    f.set_times(epoch)
+                        .map_err(|e| InstallError::io(what, &path, e))?;
                 }
             }
             MemberKind::Dir => dirs.push((path, *mode)),

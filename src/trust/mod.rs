@@ -7,7 +7,6 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use sequoia_openpgp as openpgp;
 use openpgp::cert::prelude::*;
 use openpgp::parse::stream::{
     MessageLayer, MessageStructure, VerificationError, VerificationHelper, VerifierBuilder,
@@ -16,6 +15,7 @@ use openpgp::parse::Parse;
 use openpgp::policy::StandardPolicy;
 use openpgp::types::RevocationStatus;
 use openpgp::{Fingerprint, KeyHandle};
+use sequoia_openpgp as openpgp;
 
 /// Why a manifest is not trusted. Names the object and, where known, the key.
 #[derive(Debug, thiserror::Error)]
@@ -32,7 +32,9 @@ pub enum TrustError {
     },
     #[error("{what}: bad signature: {reason}")]
     BadSignature { what: String, reason: String },
-    #[error("{what} is not signed, but this mirror requires signatures (use --unsigned to opt out)")]
+    #[error(
+        "{what} is not signed, but this mirror requires signatures (use --unsigned to opt out)"
+    )]
     NotSigned { what: String },
 }
 
@@ -105,7 +107,10 @@ impl Keyring {
 
     /// Fingerprints of the trusted certificates.
     pub fn fingerprints(&self) -> Vec<String> {
-        self.certs.iter().map(|c| c.fingerprint().to_hex()).collect()
+        self.certs
+            .iter()
+            .map(|c| c.fingerprint().to_hex())
+            .collect()
     }
 
     /// Verify a clearsigned document; return the signed text and the signer's fingerprint
@@ -201,7 +206,8 @@ impl Helper<'_> {
         let vc = cert
             .with_policy(self.policy, now)
             .map_err(|e| e.to_string())?;
-        vc.alive().map_err(|e| format!("certificate expired: {e}"))?;
+        vc.alive()
+            .map_err(|e| format!("certificate expired: {e}"))?;
         if let RevocationStatus::Revoked(_) = vc.revocation_status() {
             return Err("certificate revoked".into());
         }
@@ -210,7 +216,8 @@ impl Helper<'_> {
             .key_handle(key_fpr.clone())
             .next()
             .ok_or_else(|| "signing key not valid under the policy now".to_string())?;
-        ka.alive().map_err(|e| format!("signing key expired: {e}"))?;
+        ka.alive()
+            .map_err(|e| format!("signing key expired: {e}"))?;
         if let RevocationStatus::Revoked(_) = ka.revocation_status() {
             return Err("signing key revoked".into());
         }

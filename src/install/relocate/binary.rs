@@ -11,8 +11,15 @@ const SUFFIX_WINDOW: usize = 7;
 /// Why a binary could not be relocated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BinaryError {
-    CannotGrow { old: Vec<u8>, new: Vec<u8> },
-    CannotShrink { offset: usize, old: Vec<u8>, new: Vec<u8> },
+    CannotGrow {
+        old: Vec<u8>,
+        new: Vec<u8>,
+    },
+    CannotShrink {
+        offset: usize,
+        old: Vec<u8>,
+        new: Vec<u8>,
+    },
 }
 
 /// Apply the rule to `data` in place; returns the number of replacements.
@@ -97,7 +104,12 @@ mod tests {
             b"xx\0///////////new/prefix\0yy"
         );
         assert_eq!(
-            run("/old/very/long/aaaaa", "/new/bbbbb", b"xx\0/old/very/long/aaaaa/x\0yy").unwrap(),
+            run(
+                "/old/very/long/aaaaa",
+                "/new/bbbbb",
+                b"xx\0/old/very/long/aaaaa/x\0yy"
+            )
+            .unwrap(),
             b"xx\0/new/bbbbb/x\0g/aaaaa/x\0yy"
         );
         assert!(matches!(

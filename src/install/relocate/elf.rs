@@ -58,15 +58,27 @@ impl Reader<'_> {
     }
     fn u16(&self, off: usize) -> Option<u64> {
         let b = self.bytes::<2>(off)?;
-        Some(if self.le { u16::from_le_bytes(b) } else { u16::from_be_bytes(b) } as u64)
+        Some(if self.le {
+            u16::from_le_bytes(b)
+        } else {
+            u16::from_be_bytes(b)
+        } as u64)
     }
     fn u32(&self, off: usize) -> Option<u64> {
         let b = self.bytes::<4>(off)?;
-        Some(if self.le { u32::from_le_bytes(b) } else { u32::from_be_bytes(b) } as u64)
+        Some(if self.le {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        } as u64)
     }
     fn u64(&self, off: usize) -> Option<u64> {
         let b = self.bytes::<8>(off)?;
-        Some(if self.le { u64::from_le_bytes(b) } else { u64::from_be_bytes(b) })
+        Some(if self.le {
+            u64::from_le_bytes(b)
+        } else {
+            u64::from_be_bytes(b)
+        })
     }
     /// A word: 8 bytes in ELF64, 4 in ELF32.
     fn word(&self, off: usize) -> Option<u64> {
@@ -205,11 +217,14 @@ fn parse(data: &[u8]) -> Option<Strings> {
 
 /// The first key of `map` that is a prefix of `s`, and the substituted string.
 pub fn substitute_prefix(s: &[u8], map: &RelocationMap) -> Option<Vec<u8>> {
-    map.pairs().iter().find(|(old, _)| s.starts_with(old)).map(|(old, new)| {
-        let mut out = new.clone();
-        out.extend_from_slice(&s[old.len()..]);
-        out
-    })
+    map.pairs()
+        .iter()
+        .find(|(old, _)| s.starts_with(old))
+        .map(|(old, new)| {
+            let mut out = new.clone();
+            out.extend_from_slice(&s[old.len()..]);
+            out
+        })
 }
 
 /// Compute the edits of the ELF step for a file's bytes.

@@ -75,8 +75,8 @@ mod tests {
             "a=/u/linux-x86_64/zlib-1.3-abc/lib b=/u/other c=/ule d=x/u e=-L/u/lib f=:/u"
         );
         // Keys preceded by a path byte are not replaced; glued keys replaced once.
-        let out = relocate_text(b"/srv/opt/spack //opt/spack /opt/spack/a/opt/spack/b", &map)
-            .unwrap();
+        let out =
+            relocate_text(b"/srv/opt/spack //opt/spack /opt/spack/a/opt/spack/b", &map).unwrap();
         assert_eq!(out, b"/srv/opt/spack //opt/spack /u/a/opt/spack/b");
         assert!(relocate_text(b"nothing here", &map).is_none());
     }
