@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what building and testing spackfs needs on a fresh Debian 12 machine (as root):
+# libclang-dev (sequoia's nettle bindings), a C compiler (the demo and test packages),
+# fuse3 (fusermount3 for the mount), python3 (the fixtures' tree-manifest tool).
+set -euo pipefail
+need=()
+[ -e /usr/lib/llvm-14/lib/libclang.so ] || ls /usr/lib/llvm-*/lib/libclang*.so >/dev/null 2>&1 || need+=(libclang-dev)
+command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
+command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+dpkg -s nettle-dev >/dev/null 2>&1 || need+=(nettle-dev)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "spackfs needs these Debian packages: ${need[*]} (run as root, or install them: apt-get install ${need[*]})" >&2
+    exit 1
+  fi
+  echo "==> apt-get install ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
