@@ -95,7 +95,7 @@ pub async fn install_one(
     let wrap = |source: InstallError| CatalogError::Install {
         package: package.clone(),
         mirror: catalog.mirror().to_string(),
-        source,
+        source: Box::new(source),
     };
     let root = PathBuf::from(&target.root);
     let staging_parent = root.join(".spackfs-staging");
@@ -121,7 +121,8 @@ pub async fn install_one(
     let _ = std::fs::remove_dir(&staging_parent);
     let done = result.map_err(wrap)?;
     let mut timings = done.timings.clone();
-    timings.fetch = fetched;
+    timings.verify = meta.verify_time;
+    timings.fetch = fetched.saturating_sub(meta.verify_time);
     timings.total = start.elapsed();
     tracing::info!(
         "{}: Successfully installed {} at {}\n  {}",

@@ -45,7 +45,7 @@ pub enum CatalogError {
         package: String,
         mirror: String,
         #[source]
-        source: InstallError,
+        source: Box<InstallError>,
     },
     #[error("no package matches {spec:?} in mirror {mirror}")]
     NoMatch { spec: String, mirror: String },
@@ -97,6 +97,8 @@ pub struct PackageMeta {
     pub tarball_size: Option<u64>,
     /// Fingerprint of the signer, or `None` when unsigned.
     pub signer: Option<String>,
+    /// Time spent checking the signature.
+    pub verify_time: std::time::Duration,
 }
 
 impl PackageMeta {
@@ -427,7 +429,9 @@ impl Catalog {
             return Ok(None);
         };
         let what = format!("manifest {path}");
+        let t = std::time::Instant::now();
         let (text, signer) = self.trusted_text(node, raw, &what)?;
+        let verify_time = t.elapsed();
         let man = Manifest::parse(&text, &what).map_err(|e| self.format_err(e))?;
         let tarball = man
             .find(manifest::MEDIA_TARBALL, &what)
@@ -455,6 +459,7 @@ impl Catalog {
             tarball_sha256: tarball.checksum.clone(),
             tarball_size: Some(tarball.content_length),
             signer,
+            verify_time,
         }))
     }
 
@@ -500,7 +505,9 @@ impl Catalog {
             return Ok(None);
         };
         let what = format!("spec file {path}");
+        let t = std::time::Instant::now();
         let (text, signer) = self.trusted_text(node, raw, &what)?;
+        let verify_time = t.elapsed();
         let dag = SpecDag::parse(&text, &what).map_err(|e| self.format_err(e))?;
         let sha = dag.binary_checksum.clone().ok_or_else(|| {
             self.format_err(FormatError::invalid(&what, "no binary_cache_checksum"))
@@ -514,6 +521,7 @@ impl Catalog {
             tarball_sha256: sha,
             tarball_size: None,
             signer,
+            verify_time,
         }))
     }
 

@@ -153,7 +153,7 @@ pub fn build_mirror(dir: &Path) -> Result<(PathBuf, String)> {
     std::fs::write(&key_file, key.public_armored()?)?;
     let mut w = MirrorWriter::new(&dir.join("mirror"), Some(key))?;
     w.add_package(
-        &[lib.clone()],
+        std::slice::from_ref(&lib),
         &lib_dir,
         &buildpath,
         &lib_prefix,

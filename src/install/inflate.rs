@@ -89,7 +89,7 @@ mod tests {
 
     #[test]
     fn limit_reader_stops() {
-        let data = vec![0u8; 100];
+        let data = [0u8; 100];
         let mut r = LimitReader::new(&data[..], 10);
         let mut out = Vec::new();
         assert!(r.read_to_end(&mut out).is_err());
