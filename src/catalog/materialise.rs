@@ -105,7 +105,14 @@ pub async fn install_one(
         .prefix(&format!("{}-", node.hash))
         .tempdir_in(&staging_parent)
         .map_err(|e| wrap(InstallError::io(&package, &staging_parent, e)))?;
-    let stream = catalog.store().get(&meta.tarball_path).await?;
+    let stream = catalog
+        .store()
+        .get(&meta.tarball_path)
+        .await
+        .map_err(|source| CatalogError::Blob {
+            package: package.clone(),
+            source,
+        })?;
     let reader = SyncIoBridge::new(StreamReader::new(stream));
     let job = Job {
         meta: meta.clone(),

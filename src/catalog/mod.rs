@@ -47,6 +47,12 @@ pub enum CatalogError {
         #[source]
         source: Box<InstallError>,
     },
+    #[error("package {package}: {source}")]
+    Blob {
+        package: String,
+        #[source]
+        source: TransportError,
+    },
     #[error("no package matches {spec:?} in mirror {mirror}")]
     NoMatch { spec: String, mirror: String },
     #[error("{spec:?} is ambiguous in mirror {mirror}: {candidates}")]
