@@ -133,7 +133,10 @@ impl Catalog {
             complete: false,
             meta_cache: Mutex::new(HashMap::new()),
         };
-        if cat.load_v3_index().await? || cat.load_v2_index().await? {
+        // A mirror may hold both layouts: read both indexes (v3 first, as Spack does).
+        let has_v3 = cat.load_v3_index().await?;
+        let has_v2 = cat.load_v2_index().await?;
+        if has_v3 || has_v2 {
             cat.complete = true;
         } else {
             cat.list_manifests().await?;
@@ -172,14 +175,20 @@ impl Catalog {
 
     fn add_records(&mut self, records: Vec<index::IndexRecord>) {
         for r in records {
-            self.entries.insert(
-                r.node.hash.clone(),
-                Entry {
-                    node: r.node,
-                    in_buildcache: r.in_buildcache,
-                    v2_spec_path: None,
-                },
-            );
+            match self.entries.get_mut(&r.node.hash) {
+                // The same hash from two indexes is the same package.
+                Some(e) => e.in_buildcache |= r.in_buildcache,
+                None => {
+                    self.entries.insert(
+                        r.node.hash.clone(),
+                        Entry {
+                            node: r.node,
+                            in_buildcache: r.in_buildcache,
+                            v2_spec_path: None,
+                        },
+                    );
+                }
+            }
         }
     }
 
