@@ -198,7 +198,12 @@ impl Job {
         )?;
         let report =
             install::relocate::relocate(&ex.prefix_dir, &ex.members, &ex.buildinfo, &map, what)?;
-        install::finish::finish(&ex.prefix_dir, &ex.members, &report, what)?;
+        tracing::debug!(
+            "{what}: relocation map has {} keys, changed {} files",
+            map.pairs().len(),
+            report.changed.len()
+        );
+        install::finish::finish(&ex.prefix_dir, &ex.members, what)?;
         let relocate = t.elapsed();
         let published = publish(&ex.prefix_dir, &self.prefix, what)?;
         Ok(Done {

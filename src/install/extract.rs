@@ -12,7 +12,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::OpenOptions;
 use std::io::{BufReader, Read};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use tar::EntryType;
@@ -21,6 +21,13 @@ use super::hashing::HashingReader;
 use super::inflate::{decoder, LimitReader};
 use super::{InstallError, Limits};
 use crate::buildcache::buildinfo::BuildInfo;
+
+/// Spack leaves untouched entries with mtime 0.
+pub fn epoch_times() -> std::fs::FileTimes {
+    std::fs::FileTimes::new()
+        .set_modified(std::time::SystemTime::UNIX_EPOCH)
+        .set_accessed(std::time::SystemTime::UNIX_EPOCH)
+}
 
 /// What a member is, once extracted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,15 +192,20 @@ fn untar_members(
                     return Err(unsafe_member("duplicate member".into()));
                 }
                 create_parent(&dest, what)?;
+                // Created with its final mode (plus owner read/write, for relocation) and
+                // Spack's epoch mtime; relocation's writes give changed files a new one.
                 let mut f = OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .custom_flags(libc::O_NOFOLLOW)
-                    .mode(0o600)
+                    .mode(mode | 0o600)
                     .open(&dest)
                     .map_err(|e| InstallError::io(what, &dest, e))?;
                 copy(&mut entry, &mut f, &mut buf)
                     .map_err(|e| map_copy_err(e, what, &dest))?;
+                f.set_permissions(std::fs::Permissions::from_mode(mode | 0o600))
+                    .and_then(|()| f.set_times(epoch_times()))
+                    .map_err(|e| InstallError::io(what, &dest, e))?;
                 MemberKind::File
             }
             EntryType::Symlink => {

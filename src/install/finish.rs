@@ -1,44 +1,32 @@
 //! Finishing a relocated prefix: final modes and Spack's times (epoch for untouched entries).
 
 use std::collections::HashMap;
-use std::fs::{FileTimes, Permissions};
+use std::fs::Permissions;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::SystemTime;
 
 use super::extract::MemberKind;
-use super::relocate::RelocationReport;
 use super::InstallError;
 
-/// Set member modes (already stripped of special and group/world-write bits) and mtimes:
-/// epoch for files relocation did not change, as a Spack install leaves them.
+/// Set the modes that extraction could not (directories, files without owner rw) and
+/// Spack's epoch mtime on directories. Modes are already stripped of special and
+/// group/world-write bits.
 pub fn finish(
     prefix_dir: &Path,
     members: &HashMap<String, (MemberKind, u32)>,
-    report: &RelocationReport,
     what: &str,
 ) -> Result<(), InstallError> {
-    let epoch = FileTimes::new()
-        .set_modified(SystemTime::UNIX_EPOCH)
-        .set_accessed(SystemTime::UNIX_EPOCH);
     let mut dirs = Vec::new();
     for (rel, (kind, mode)) in members {
         let path = prefix_dir.join(rel);
         match kind {
-            MemberKind::File => {
-                let f = std::fs::File::options()
-                    .write(true)
-                    .open(&path)
+            // Files got their mode (plus owner rw) and epoch times when extracted.
+            MemberKind::File if mode & 0o600 != 0o600 => {
+                std::fs::set_permissions(&path, Permissions::from_mode(*mode))
                     .map_err(|e| InstallError::io(what, &path, e))?;
-                f.set_permissions(Permissions::from_mode(*mode))
-                    .map_err(|e| InstallError::io(what, &path, e))?;
-                if !report.changed.contains(rel) {
-                    f.set_times(epoch)
-                        .map_err(|e| InstallError::io(what, &path, e))?;
-                }
             }
             MemberKind::Dir => dirs.push((path, *mode)),
-            MemberKind::Symlink | MemberKind::HardLink(_) => {}
+            MemberKind::File | MemberKind::Symlink | MemberKind::HardLink(_) => {}
         }
     }
     dirs.push((prefix_dir.to_path_buf(), 0o755));
@@ -46,7 +34,7 @@ pub fn finish(
         std::fs::set_permissions(&path, Permissions::from_mode(mode | 0o700))
             .map_err(|e| InstallError::io(what, &path, e))?;
         if let Ok(d) = std::fs::File::open(&path) {
-            let _ = d.set_times(epoch);
+            let _ = d.set_times(super::extract::epoch_times());
         }
     }
     Ok(())
