@@ -49,7 +49,7 @@ pub struct Timings {
 
 impl std::fmt::Display for Timings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let s = |d: Duration| format!("{:.2}s", d.as_secs_f64());
+        let s = |d: Duration| format!("{:.3}s", d.as_secs_f64());
         write!(
             f,
             "Fetch: {}.  Verify: {}.  Extract: {}.  Relocate: {}.  Total: {}",

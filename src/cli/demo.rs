@@ -213,6 +213,9 @@ pub async fn run(workdir: Option<PathBuf>) -> Result<ExitCode> {
         &[format!("/{app_hash}")],
     )
     .await?;
+    for (pkg, prefix, timings) in &summary.installed {
+        println!("  {pkg} -> {}\n    {timings}", prefix.display());
+    }
     println!("{summary}");
     if summary.failed > 0 {
         bail!("the demo install failed");

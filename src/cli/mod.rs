@@ -220,7 +220,7 @@ async fn ls(cfg: &MirrorConfig, root: &str, projection: &str) -> Result<ExitCode
 
 /// What an install run did.
 pub(crate) struct Summary {
-    pub installed: Vec<(String, PathBuf)>,
+    pub installed: Vec<(String, PathBuf, materialise::Timings)>,
     pub present: usize,
     pub failed: usize,
     pub unpacked_bytes: u64,
@@ -295,10 +295,11 @@ pub(crate) async fn install(
             Ok(Outcome::Installed {
                 prefix,
                 unpacked_bytes,
+                timings,
                 ..
             }) => {
                 summary.unpacked_bytes += unpacked_bytes;
-                summary.installed.push((node.display(), prefix));
+                summary.installed.push((node.display(), prefix, timings));
             }
             Ok(Outcome::AlreadyInstalled { prefix }) => {
                 tracing::info!(
