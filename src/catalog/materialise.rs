@@ -99,11 +99,7 @@ pub async fn install_one(
     };
     let root = PathBuf::from(&target.root);
     let staging_parent = root.join(".spackfs-staging");
-    std::fs::create_dir_all(&staging_parent)
-        .map_err(|e| wrap(InstallError::io(&package, &staging_parent, e)))?;
-    let staging = tempfile::Builder::new()
-        .prefix(&format!("{}-", node.hash))
-        .tempdir_in(&staging_parent)
+    let staging = staging_dir(&staging_parent, &node.hash)
         .map_err(|e| wrap(InstallError::io(&package, &staging_parent, e)))?;
     let stream = catalog
         .store()
@@ -125,7 +121,6 @@ pub async fn install_one(
         .await
         .expect("install task panicked");
     drop(staging);
-    let _ = std::fs::remove_dir(&staging_parent);
     let done = result.map_err(wrap)?;
     let mut timings = done.timings.clone();
     timings.verify = meta.verify_time;
@@ -219,6 +214,18 @@ impl Job {
     }
 }
 
+/// A private staging directory under `parent` (created if needed; retried once in case
+/// another process removed the empty parent meanwhile).
+fn staging_dir(parent: &Path, hash: &str) -> std::io::Result<tempfile::TempDir> {
+    let attempt = || {
+        std::fs::create_dir_all(parent)?;
+        tempfile::Builder::new()
+            .prefix(&format!("{hash}-"))
+            .tempdir_in(parent)
+    };
+    attempt().or_else(|_| attempt())
+}
+
 /// Move the finished prefix into place with one rename. Returns false when another process
 /// published the same prefix first.
 fn publish(staged: &Path, prefix: &Path, what: &str) -> Result<bool, InstallError> {
@@ -273,5 +280,7 @@ pub async fn install_many(
     for h in handles {
         out.push(h.await.expect("install task panicked"));
     }
+    // Leave no empty staging directory behind (fails harmlessly while another run uses it).
+    let _ = std::fs::remove_dir(Path::new(&target.root).join(".spackfs-staging"));
     out
 }

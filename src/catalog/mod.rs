@@ -40,7 +40,7 @@ pub enum CatalogError {
         #[source]
         source: FormatError,
     },
-    #[error("package {package} from mirror {mirror}: {source}")]
+    #[error("mirror {mirror}: {source}")]
     Install {
         package: String,
         mirror: String,

@@ -184,14 +184,20 @@ fn untar_members(
                     None | Some(MemberKind::Dir) => {}
                     Some(_) => return Err(unsafe_member("duplicate member".into())),
                 }
-                std::fs::create_dir_all(&dest).map_err(|e| InstallError::io(what, &dest, e))?;
+                create_parent(&name, &dest, &kinds, what)?;
+                match std::fs::create_dir(&dest) {
+                    Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                        return Err(InstallError::io(what, &dest, e))
+                    }
+                    _ => {}
+                }
                 MemberKind::Dir
             }
             EntryType::Regular | EntryType::Continuous => {
                 if kinds.contains_key(&name) {
                     return Err(unsafe_member("duplicate member".into()));
                 }
-                create_parent(&dest, what)?;
+                create_parent(&name, &dest, &kinds, what)?;
                 // Created with its final mode (plus owner read/write, for relocation) and
                 // Spack's epoch mtime; relocation's writes give changed files a new one.
                 let mut f = OpenOptions::new()
@@ -218,7 +224,7 @@ fn untar_members(
                 if target.is_empty() || target.contains(&0) {
                     return Err(unsafe_member("empty or NUL-containing symlink target".into()));
                 }
-                create_parent(&dest, what)?;
+                create_parent(&name, &dest, &kinds, what)?;
                 let target = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&target);
                 std::os::unix::fs::symlink(target, &dest)
                     .map_err(|e| InstallError::io(what, &dest, e))?;
@@ -239,7 +245,7 @@ fn untar_members(
                         "hard link to {target:?}, which is not an earlier regular file of the tarball"
                     )));
                 }
-                create_parent(&dest, what)?;
+                create_parent(&name, &dest, &kinds, what)?;
                 let src = staging.join(&target);
                 std::fs::hard_link(&src, &dest).map_err(|e| InstallError::io(what, &dest, e))?;
                 MemberKind::HardLink(target)
@@ -256,7 +262,20 @@ fn untar_members(
     Ok(members)
 }
 
-fn create_parent(dest: &Path, what: &str) -> Result<(), InstallError> {
+/// Create the parent directories of `dest` unless the parent is a directory member already
+/// extracted (the common case: Spack lists every directory before its content).
+fn create_parent(
+    name: &str,
+    dest: &Path,
+    kinds: &HashMap<String, MemberKind>,
+    what: &str,
+) -> Result<(), InstallError> {
+    if name
+        .rsplit_once('/')
+        .is_some_and(|(parent, _)| kinds.get(parent) == Some(&MemberKind::Dir))
+    {
+        return Ok(());
+    }
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent).map_err(|e| InstallError::io(what, parent, e))?;
     }

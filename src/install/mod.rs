@@ -48,7 +48,7 @@ pub enum InstallError {
         path: String,
         reason: String,
     },
-    #[error("{what}: cannot relocate {file}: the new prefix {new:?} is longer than the old {old:?}; binaries can only move to a root of at most {longest_root} characters (this root has {root_len})")]
+    #[error("{what}: cannot relocate {file}: the install root is too long: {old:?} would become the longer {new:?}; this package fits under a root of at most {longest_root} characters (this root has {root_len})")]
     RootTooLong {
         what: String,
         file: String,

@@ -87,10 +87,12 @@ impl RelocationMap {
         &self.root
     }
 
-    /// The longest root with which every key of this map keeps or shrinks its length.
-    pub fn longest_fitting_root(&self) -> usize {
+    /// The longest root under which every key of this map that occurs in `data` keeps or
+    /// shrinks its length (new prefixes are the root plus a fixed suffix).
+    pub fn longest_fitting_root(&self, data: &[u8]) -> usize {
         self.pairs
             .iter()
+            .filter(|(o, _)| memchr::memmem::find(data, o).is_some())
             .map(|(o, n)| {
                 let suffix = n.len().saturating_sub(self.root.len());
                 o.len().saturating_sub(suffix)

@@ -154,12 +154,12 @@ fn relocate_binary_file(
     // SAFETY: as above, the staging file is ours alone while mapped.
     let mut data = unsafe { MmapMut::map_mut(&file) }.map_err(io)?;
     let edits = elf::elf_edits(&data, map);
-    let too_long = |old: &[u8], new: &[u8]| InstallError::RootTooLong {
+    let too_long = |data: &[u8], old: &[u8], new: &[u8]| InstallError::RootTooLong {
         what: what.to_string(),
         file: rel.to_string(),
         old: String::from_utf8_lossy(old).into_owned(),
         new: String::from_utf8_lossy(new).into_owned(),
-        longest_root: map.longest_fitting_root(),
+        longest_root: map.longest_fitting_root(data),
         root_len: map.root().len(),
     };
     if !edits.fits() {
@@ -170,12 +170,12 @@ fn relocate_binary_file(
             .flatten()
             .find(|e| e.new.len() > e.old.len())
             .expect("an edit that does not fit");
-        return Err(too_long(&e.old, &e.new));
+        return Err(too_long(&data, &e.old, &e.new));
     }
     edits.apply(&mut data);
     let changed_by_elf = edits.rpath.is_some() || edits.interp.is_some();
     let n = relocate_binary(&mut data, map).map_err(|e| match e {
-        BinaryError::CannotGrow { old, new } => too_long(&old, &new),
+        BinaryError::CannotGrow { old, new } => too_long(&data, &old, &new),
         BinaryError::CannotShrink { offset, old, new } => InstallError::CannotShrink {
             what: what.to_string(),
             file: rel.to_string(),
