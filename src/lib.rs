@@ -7,7 +7,10 @@
 pub mod buildcache;
 pub mod catalog;
 pub mod config;
+pub mod fs;
 pub mod install;
+pub mod metrics;
+pub mod store;
 pub mod transport;
 pub mod trust;
 pub mod writer;

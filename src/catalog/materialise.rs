@@ -76,7 +76,7 @@ pub enum Outcome {
     },
 }
 
-/// Install one package into `target`.
+/// Install one package into `target` (its prefix under the install root).
 pub async fn install_one(
     catalog: &Catalog,
     node: &SpecNode,
@@ -91,37 +91,8 @@ pub async fn install_one(
     if prefix.exists() {
         return Ok(Outcome::AlreadyInstalled { prefix });
     }
-    let package = node.display();
-    let wrap = |source: InstallError| CatalogError::Install {
-        package: package.clone(),
-        mirror: catalog.mirror().to_string(),
-        source: Box::new(source),
-    };
-    let root = PathBuf::from(&target.root);
-    let staging_parent = root.join(".spackfs-staging");
-    let staging = staging_dir(&staging_parent, &node.hash)
-        .map_err(|e| wrap(InstallError::io(&package, &staging_parent, e)))?;
-    let stream = catalog
-        .store()
-        .get(&meta.tarball_path)
-        .await
-        .map_err(|source| CatalogError::Blob {
-            package: package.clone(),
-            source,
-        })?;
-    let reader = SyncIoBridge::new(StreamReader::new(stream));
-    let job = Job {
-        meta: meta.clone(),
-        target: target.clone(),
-        staging: staging.path().to_path_buf(),
-        prefix: prefix.clone(),
-        what: package.clone(),
-    };
-    let result = tokio::task::spawn_blocking(move || job.run(reader))
-        .await
-        .expect("install task panicked");
-    drop(staging);
-    let done = result.map_err(wrap)?;
+    let staging_parent = PathBuf::from(&target.root).join(".spackfs-staging");
+    let done = materialise(catalog, &meta, target, &staging_parent, &prefix).await?;
     let mut timings = done.timings.clone();
     timings.verify = meta.verify_time;
     timings.fetch = fetched.saturating_sub(meta.verify_time);
@@ -136,6 +107,69 @@ pub async fn install_one(
     Ok(done.outcome(prefix, timings))
 }
 
+/// Stream, verify, extract and relocate a package for `target` and publish the finished
+/// prefix at `dest` (staging under `staging_parent`, on the same file system).
+pub async fn materialise(
+    catalog: &Catalog,
+    meta: &PackageMeta,
+    target: &Target,
+    staging_parent: &Path,
+    dest: &Path,
+) -> Result<Done, CatalogError> {
+    let package = meta.node().display();
+    let wrap = |source: InstallError| CatalogError::Install {
+        package: package.clone(),
+        mirror: catalog.mirror().to_string(),
+        source: Box::new(source),
+    };
+    let staging = staging_dir(staging_parent, &meta.node().hash)
+        .map_err(|e| wrap(InstallError::io(&package, staging_parent, e)))?;
+    tracing::debug!(
+        "{package}: fetching blob {} from {}",
+        meta.tarball_path,
+        catalog.mirror()
+    );
+    let stream = catalog
+        .store()
+        .get(&meta.tarball_path)
+        .await
+        .map_err(|source| CatalogError::Blob {
+            package: package.clone(),
+            source,
+        })?;
+    let metrics = crate::metrics::global();
+    crate::metrics::Metrics::inc(&metrics.blobs_fetched, 1);
+    let reader = SyncIoBridge::new(StreamReader::new(stream));
+    let job = Job {
+        meta: meta.clone(),
+        target: target.clone(),
+        staging: staging.path().to_path_buf(),
+        prefix: dest.to_path_buf(),
+        what: package.clone(),
+    };
+    let result = tokio::task::spawn_blocking(move || job.run(reader))
+        .await
+        .expect("install task panicked");
+    drop(staging);
+    let done = result.map_err(wrap)?;
+    crate::metrics::Metrics::inc(&metrics.bytes_fetched, done.compressed);
+    if done.published {
+        crate::metrics::Metrics::inc(&metrics.packages_materialised, 1);
+    }
+    Ok(done)
+}
+
+/// The new prefixes of a package's relocation set: with the tarball's sha256 they determine
+/// the relocated bytes (the store's cache key).
+pub fn relocation_targets(meta: &PackageMeta, target: &Target) -> Vec<String> {
+    meta.dag
+        .relocation_set()
+        .iter()
+        .filter_map(|n| target.prefix_of(n, Some(&meta.dag)).ok())
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect()
+}
+
 struct Job {
     meta: PackageMeta,
     target: Target,
@@ -144,11 +178,14 @@ struct Job {
     what: String,
 }
 
-struct Done {
-    timings: Timings,
-    unpacked: u64,
-    compressed: u64,
-    published: bool,
+/// What materialisation did.
+#[derive(Debug)]
+pub struct Done {
+    pub timings: Timings,
+    pub unpacked: u64,
+    pub compressed: u64,
+    /// False when another process published the same prefix first.
+    pub published: bool,
 }
 
 impl Done {

@@ -2,6 +2,7 @@
 //! where each one's prefix lies under an install root, and the verified metadata of each
 //! package (trusted manifest bound to its spec). `materialise` drives the install pipeline.
 
+pub mod live;
 pub mod materialise;
 
 use std::collections::{HashMap, HashSet, VecDeque};

@@ -11,9 +11,11 @@ use clap::{Args, Parser, Subcommand};
 
 use spackfs::buildcache::projection::{Projection, DEFAULT_PROJECTION};
 use spackfs::buildcache::spec::short_hash;
+use spackfs::catalog::live::LiveCatalog;
 use spackfs::catalog::materialise::{self, Outcome, Target};
 use spackfs::catalog::{Catalog, TrustPolicy};
 use spackfs::config::MirrorConfig;
+use spackfs::fs::{ReadMode, SpackFs};
 use spackfs::install::Limits;
 
 #[derive(Parser)]
@@ -58,12 +60,43 @@ enum Command {
         #[arg(required = true)]
         specs: Vec<String>,
     },
-    /// Build an example mirror, install from it and run the relocated binary.
+    /// Mount a mirror: every package appears installed under MOUNTPOINT, fetched on first
+    /// touch. Runs in the foreground; SIGTERM or SIGINT unmounts and exits.
+    Mount {
+        #[command(flatten)]
+        mirror: MirrorArgs,
+        /// Where the packages appear (the install root they are relocated for).
+        mountpoint: PathBuf,
+        /// Cache of ready prefixes (default /var/cache/spackfs as root, else
+        /// $XDG_CACHE_HOME/spackfs).
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        #[arg(long, default_value = DEFAULT_PROJECTION)]
+        projection: String,
+        /// FUSE event-loop threads.
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+        /// How file reads are served: kernel passthrough when allowed, or daemon pread.
+        #[arg(long, value_enum, default_value_t = ReadModeArg::Passthrough)]
+        read_mode: ReadModeArg,
+        /// Seconds before a failed package is tried again (doubling on each failure).
+        #[arg(long, default_value_t = 5)]
+        retry_after: u64,
+        #[arg(long, default_value = "64GiB")]
+        max_unpacked_size: bytesize::ByteSize,
+    },
+    /// Build an example mirror, mount it, and run the relocated binary from the mount.
     Demo {
         /// Keep the demo's files in this directory instead of a temporary one.
         #[arg(long)]
         workdir: Option<PathBuf>,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ReadModeArg {
+    Passthrough,
+    Pread,
 }
 
 #[derive(Args, Clone)]
@@ -162,6 +195,33 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Mount {
+            mirror,
+            mountpoint,
+            cache_dir,
+            projection,
+            threads,
+            read_mode,
+            retry_after,
+            max_unpacked_size,
+        } => {
+            let opts = MountArgs {
+                cache_dir: cache_dir.unwrap_or_else(default_cache_dir),
+                projection,
+                threads,
+                read_mode: match read_mode {
+                    ReadModeArg::Passthrough => ReadMode::Passthrough,
+                    ReadModeArg::Pread => ReadMode::Pread,
+                },
+                retry_after: std::time::Duration::from_secs(retry_after),
+                limits: Limits {
+                    max_unpacked: max_unpacked_size.as_u64(),
+                },
+            };
+            let mounted = mount(&mirror.config(), &mountpoint, &opts).await?;
+            mounted.wait_for_signal().await?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Demo { workdir } => demo::run(workdir).await,
     }
@@ -326,4 +386,109 @@ pub(crate) async fn install(
             .with_context(|| format!("installing {}/bin/sbang", root.display()))?;
     }
     Ok(summary)
+}
+
+/// Mount options beyond the mirror.
+pub(crate) struct MountArgs {
+    pub cache_dir: PathBuf,
+    pub projection: String,
+    pub threads: usize,
+    pub read_mode: ReadMode,
+    pub retry_after: std::time::Duration,
+    pub limits: Limits,
+}
+
+/// `/var/cache/spackfs` for root, else `$XDG_CACHE_HOME/spackfs` (or `~/.cache/spackfs`).
+fn default_cache_dir() -> PathBuf {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/cache/spackfs");
+    }
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("spackfs")
+}
+
+/// A running mount.
+pub(crate) struct Mounted {
+    session: Option<fuser::BackgroundSession>,
+    path: PathBuf,
+}
+
+impl Mounted {
+    /// Wait for SIGTERM/SIGINT (or an unmount from outside), then unmount cleanly.
+    pub async fn wait_for_signal(mut self) -> Result<()> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: unmounting {}", self.path.display()); break; }
+                _ = int.recv() => { tracing::info!("SIGINT: unmounting {}", self.path.display()); break; }
+                _ = tick.tick() => {
+                    if self.session.as_ref().is_some_and(|s| s.guard.is_finished()) {
+                        tracing::info!("{} was unmounted", self.path.display());
+                        if let Some(s) = self.session.take() { let _ = s.join(); }
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        self.unmount()
+    }
+
+    /// Unmount and wait for the FUSE threads.
+    pub fn unmount(mut self) -> Result<()> {
+        if let Some(s) = self.session.take() {
+            s.umount_and_join()
+                .with_context(|| format!("unmounting {}", self.path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.take() {
+            let _ = s.umount_and_join();
+        }
+    }
+}
+
+/// Mount a mirror at `mountpoint`.
+pub(crate) async fn mount(
+    cfg: &MirrorConfig,
+    mountpoint: &std::path::Path,
+    opts: &MountArgs,
+) -> Result<Mounted> {
+    let path = spackfs::fs::mount::prepare_mountpoint(mountpoint)?;
+    let root = path
+        .to_str()
+        .context("mount point is not UTF-8")?
+        .trim_end_matches('/')
+        .to_string();
+    let catalog = Arc::new(open_catalog(cfg).await?);
+    let store = spackfs::store::Store::open(&opts.cache_dir)?;
+    let target = Target {
+        root,
+        projection: Projection::new(&opts.projection)?,
+        limits: opts.limits,
+    };
+    let live = Arc::new(LiveCatalog::new(catalog, target, store, opts.retry_after));
+    tracing::info!(
+        "mounting {} ({} packages) at {}, cache {}",
+        live.mirror(),
+        live.packages().len(),
+        path.display(),
+        opts.cache_dir.display()
+    );
+    let fs = SpackFs::new(live, tokio::runtime::Handle::current(), opts.read_mode);
+    let session = spackfs::fs::mount::spawn(fs, &path, opts.threads)?;
+    Ok(Mounted {
+        session: Some(session),
+        path,
+    })
 }

@@ -1,0 +1,341 @@
+//! The catalog of a mount: every available package at its path under the mount point, its
+//! state (remote, fetching, ready, failed), and single-flight materialisation into the store
+//! with DAG-aware prefetch. Callers never block: `ensure` is a future that the FUSE adapter
+//! awaits on the runtime while its threads keep serving.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use super::materialise::{self, Target, Timings};
+use super::{Catalog, CatalogError};
+use crate::buildcache::spec::SpecNode;
+use crate::install::InstallError;
+use crate::store::{prefix_key, Store};
+
+/// Why a package cannot be served, as the errno the touching process gets.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub errno: i32,
+    pub message: Arc<String>,
+}
+
+/// A package's state, for extended attributes and logs.
+#[derive(Debug, Clone)]
+pub enum State {
+    Remote,
+    Fetching,
+    Ready {
+        path: PathBuf,
+        timings: Option<Timings>,
+        signer: Option<String>,
+    },
+    Failed {
+        failure: Failure,
+        retry_at: Instant,
+        attempts: u32,
+    },
+}
+
+impl State {
+    pub fn name(&self) -> &'static str {
+        match self {
+            State::Remote => "remote",
+            State::Fetching => "fetching",
+            State::Ready { .. } => "ready",
+            State::Failed { .. } => "failed",
+        }
+    }
+}
+
+/// A materialisation in flight: its result once known.
+pub type Flight = watch::Receiver<Option<Result<PathBuf, Failure>>>;
+
+enum Slot {
+    Idle(State),
+    InFlight(Flight),
+}
+
+/// A package at its place under the mount point.
+#[derive(Debug, Clone)]
+pub struct LivePackage {
+    pub node: SpecNode,
+    /// Path relative to the mount point (the projection).
+    pub rel_path: String,
+}
+
+/// The mount's view of one mirror.
+pub struct LiveCatalog {
+    catalog: Arc<Catalog>,
+    target: Target,
+    store: Store,
+    packages: Vec<LivePackage>,
+    by_hash: HashMap<String, usize>,
+    slots: Mutex<HashMap<String, Slot>>,
+    backoff: Duration,
+    mounted_at: SystemTime,
+}
+
+impl LiveCatalog {
+    pub fn new(catalog: Arc<Catalog>, target: Target, store: Store, backoff: Duration) -> Self {
+        let mut packages = Vec::new();
+        let mut by_hash = HashMap::new();
+        for e in catalog.available() {
+            let Ok(rel) = target.projection.format(&e.node, None) else {
+                tracing::warn!(
+                    "{}: cannot place it under the mount point",
+                    e.node.display()
+                );
+                continue;
+            };
+            by_hash.insert(e.node.hash.clone(), packages.len());
+            packages.push(LivePackage {
+                node: e.node.clone(),
+                rel_path: rel,
+            });
+        }
+        LiveCatalog {
+            catalog,
+            target,
+            store,
+            packages,
+            by_hash,
+            slots: Mutex::new(HashMap::new()),
+            backoff,
+            mounted_at: SystemTime::now(),
+        }
+    }
+
+    pub fn packages(&self) -> &[LivePackage] {
+        &self.packages
+    }
+
+    pub fn mirror(&self) -> &str {
+        self.catalog.mirror()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn root(&self) -> &str {
+        &self.target.root
+    }
+
+    /// The current state of a package.
+    pub fn state(&self, hash: &str) -> State {
+        match self.slots.lock().unwrap().get(hash) {
+            None => State::Remote,
+            Some(Slot::InFlight(_)) => State::Fetching,
+            Some(Slot::Idle(s)) => s.clone(),
+        }
+    }
+
+    /// The ready prefix of a package, without waiting.
+    pub fn ready_path(&self, hash: &str) -> Option<PathBuf> {
+        match self.slots.lock().unwrap().get(hash) {
+            Some(Slot::Idle(State::Ready { path, .. })) => Some(path.clone()),
+            _ => None,
+        }
+    }
+
+    /// Start materialising a package unless it is ready, in flight, or failed recently;
+    /// returns the flight to wait on, or the final result.
+    pub fn start(self: &Arc<Self>, hash: &str) -> Result<Flight, Result<PathBuf, Failure>> {
+        let mut slots = self.slots.lock().unwrap();
+        let attempts = match slots.get(hash) {
+            Some(Slot::Idle(State::Ready { path, .. })) => return Err(Ok(path.clone())),
+            Some(Slot::Idle(State::Failed {
+                failure, retry_at, ..
+            })) if Instant::now() < *retry_at => return Err(Err(failure.clone())),
+            Some(Slot::InFlight(rx)) => return Ok(rx.clone()),
+            Some(Slot::Idle(State::Failed { attempts, .. })) => *attempts,
+            _ => 0,
+        };
+        let (tx, rx) = watch::channel(None);
+        slots.insert(hash.to_string(), Slot::InFlight(rx.clone()));
+        let this = self.clone();
+        let hash = hash.to_string();
+        tokio::spawn(async move { this.run(hash, attempts, tx).await });
+        Ok(rx)
+    }
+
+    /// Make a package ready (joining a materialisation in flight); its link/run
+    /// dependencies in the mirror start in the background.
+    pub async fn ensure(self: &Arc<Self>, hash: &str) -> Result<PathBuf, Failure> {
+        let mut rx = match self.start(hash) {
+            Ok(rx) => rx,
+            Err(done) => return done,
+        };
+        loop {
+            if let Some(r) = rx.borrow_and_update().clone() {
+                return r;
+            }
+            if rx.changed().await.is_err() {
+                return Err(Failure {
+                    errno: libc::EIO,
+                    message: Arc::new("materialisation task ended".into()),
+                });
+            }
+        }
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        hash: String,
+        attempts: u32,
+        tx: watch::Sender<Option<Result<PathBuf, Failure>>>,
+    ) {
+        let Some(&idx) = self.by_hash.get(&hash) else {
+            let f = Failure {
+                errno: libc::ENOENT,
+                message: Arc::new(format!("{hash} is not in mirror {}", self.mirror())),
+            };
+            self.slots.lock().unwrap().remove(&hash);
+            let _ = tx.send(Some(Err(f)));
+            return;
+        };
+        let node = self.packages[idx].node.clone();
+        let result = self.materialise(&node).await;
+        let state = match &result {
+            Ok((path, timings, signer)) => State::Ready {
+                path: path.clone(),
+                timings: timings.clone(),
+                signer: signer.clone(),
+            },
+            Err(e) => {
+                let failure = Failure {
+                    errno: errno_of(e),
+                    message: Arc::new(e.to_string()),
+                };
+                crate::metrics::Metrics::inc(&crate::metrics::global().packages_failed, 1);
+                let delay = self.backoff * 2u32.saturating_pow(attempts.min(6));
+                tracing::error!(
+                    "{} from mirror {}: {e} (touching processes get {}; retry after {:?})",
+                    node.display(),
+                    self.mirror(),
+                    std::io::Error::from_raw_os_error(failure.errno),
+                    delay
+                );
+                State::Failed {
+                    failure,
+                    retry_at: Instant::now() + delay,
+                    attempts: attempts + 1,
+                }
+            }
+        };
+        self.slots
+            .lock()
+            .unwrap()
+            .insert(hash.clone(), Slot::Idle(state.clone()));
+        let _ = tx.send(Some(match state {
+            State::Ready { path, .. } => Ok(path),
+            State::Failed { failure, .. } => Err(failure),
+            _ => unreachable!("final state"),
+        }));
+    }
+
+    async fn materialise(
+        self: &Arc<Self>,
+        node: &SpecNode,
+    ) -> Result<(PathBuf, Option<Timings>, Option<String>), CatalogError> {
+        let start = Instant::now();
+        let meta = self.catalog.meta(node).await?;
+        // A binary needs its libraries next: start the link/run dependencies now.
+        for e in &meta.node().deps {
+            if (e.is("link") || e.is("run")) && self.by_hash.contains_key(&e.hash) {
+                let _ = self.start(&e.hash);
+            }
+        }
+        let key = prefix_key(
+            &meta.tarball_sha256,
+            &self.target.root,
+            &materialise::relocation_targets(&meta, &self.target),
+        );
+        if let Some(path) = self.store.lookup(&key) {
+            crate::metrics::Metrics::inc(&crate::metrics::global().cache_hits, 1);
+            tracing::info!(
+                "{}: ready from the cache ({})",
+                node.display(),
+                path.display()
+            );
+            return Ok((path, None, meta.signer.clone()));
+        }
+        let dest = self.store.prefix_path(&key);
+        let done = materialise::materialise(
+            &self.catalog,
+            &meta,
+            &self.target,
+            &self.store.staging_dir(),
+            &dest,
+        )
+        .await?;
+        let mut timings = done.timings.clone();
+        timings.verify = meta.verify_time;
+        timings.total = start.elapsed();
+        tracing::info!(
+            "{}: Successfully materialised {}\n  {}",
+            node.name,
+            node.stem(),
+            timings
+        );
+        Ok((dest, Some(timings), meta.signer.clone()))
+    }
+
+    /// A Spack database (format doc 3) naming every package at its prefix under the mount
+    /// point, so that Spack can use the mount as an upstream.
+    pub fn spack_db(&self) -> Vec<u8> {
+        let mut refs: HashMap<&str, u64> = HashMap::new();
+        for p in &self.packages {
+            for d in &p.node.deps {
+                if self.by_hash.contains_key(&d.hash) {
+                    *refs.entry(d.hash.as_str()).or_default() += 1;
+                }
+            }
+        }
+        let time = self
+            .mounted_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let mut installs = serde_json::Map::new();
+        for p in &self.packages {
+            let mut spec: Value = p.node.raw.clone();
+            if let Some(o) = spec.as_object_mut() {
+                o.insert("hash".into(), Value::String(p.node.hash.clone()));
+            }
+            installs.insert(
+                p.node.hash.clone(),
+                json!({
+                    "spec": spec,
+                    "ref_count": refs.get(p.node.hash.as_str()).copied().unwrap_or(0),
+                    "path": format!("{}/{}", self.target.root, p.rel_path),
+                    "installed": true,
+                    "explicit": false,
+                    "installation_time": time,
+                }),
+            );
+        }
+        serde_json::to_vec(&json!({"database": {"version": "8", "installs": installs}}))
+            .expect("JSON serialises")
+    }
+}
+
+/// The errno a process touching a failed package gets.
+pub fn errno_of(e: &CatalogError) -> i32 {
+    match e {
+        CatalogError::Trust { .. } => libc::EACCES,
+        CatalogError::NotInMirror { .. } | CatalogError::NoMatch { .. } => libc::ENOENT,
+        CatalogError::Install { source, .. } => match source.as_ref() {
+            InstallError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull => {
+                libc::ENOSPC
+            }
+            _ => libc::EIO,
+        },
+        _ => libc::EIO,
+    }
+}

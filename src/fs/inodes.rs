@@ -1,0 +1,110 @@
+//! The inode table of the mount: virtual nodes (the root, projection directories, package
+//! directories, `.spack-db/index.json`, `bin/sbang`) and nodes backed by files of ready
+//! prefixes in the cache. Backed nodes are keyed by the cache file's (device, inode), so
+//! hard links keep one inode.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::{OsStr, OsString};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+/// What an inode is.
+#[derive(Debug, Clone)]
+pub enum Node {
+    /// A directory made of other nodes (root, projection levels, `bin`, `.spack-db`).
+    Dir { children: BTreeMap<OsString, u64> },
+    /// A file held in memory.
+    File { data: Arc<Vec<u8>>, mode: u16 },
+    /// The top directory of a package (index into the live catalog's packages).
+    Package { pkg: usize },
+    /// A file, directory or symlink inside a ready package.
+    Backed { path: PathBuf, pkg: usize },
+}
+
+/// The inode table.
+#[derive(Default)]
+pub struct Inodes {
+    nodes: RwLock<Vec<Node>>,
+    backed: RwLock<HashMap<(u64, u64), u64>>,
+}
+
+pub const ROOT: u64 = 1;
+
+impl Inodes {
+    /// A table with an empty root directory.
+    pub fn new() -> Self {
+        let t = Inodes::default();
+        {
+            let mut n = t.nodes.write().unwrap();
+            n.push(Node::Dir {
+                children: BTreeMap::new(),
+            }); // index 0: unused
+            n.push(Node::Dir {
+                children: BTreeMap::new(),
+            }); // ROOT
+        }
+        t
+    }
+
+    pub fn get(&self, ino: u64) -> Option<Node> {
+        self.nodes.read().unwrap().get(ino as usize).cloned()
+    }
+
+    fn push(&self, node: Node) -> u64 {
+        let mut n = self.nodes.write().unwrap();
+        n.push(node);
+        (n.len() - 1) as u64
+    }
+
+    /// Add a virtual child under a virtual directory, creating intermediate directories.
+    pub fn add_path(&self, path: &str, leaf: Node) -> u64 {
+        let mut parent = ROOT;
+        let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+        for (i, comp) in comps.iter().enumerate() {
+            let last = i + 1 == comps.len();
+            if let Some(existing) = self.child(parent, OsStr::new(comp)) {
+                if !last {
+                    parent = existing;
+                    continue;
+                }
+            }
+            let node = if last {
+                leaf.clone()
+            } else {
+                Node::Dir {
+                    children: BTreeMap::new(),
+                }
+            };
+            let ino = self.push(node);
+            if let Some(Node::Dir { children }) =
+                self.nodes.write().unwrap().get_mut(parent as usize)
+            {
+                children.insert(OsString::from(comp), ino);
+            }
+            parent = ino;
+        }
+        parent
+    }
+
+    /// A virtual directory's child.
+    pub fn child(&self, parent: u64, name: &OsStr) -> Option<u64> {
+        match self.nodes.read().unwrap().get(parent as usize) {
+            Some(Node::Dir { children }) => children.get(name).copied(),
+            _ => None,
+        }
+    }
+
+    /// The inode of a backed file, allocated on first sight.
+    pub fn backed(&self, dev: u64, ino: u64, path: PathBuf, pkg: usize) -> u64 {
+        if let Some(i) = self.backed.read().unwrap().get(&(dev, ino)) {
+            return *i;
+        }
+        let mut map = self.backed.write().unwrap();
+        if let Some(i) = map.get(&(dev, ino)) {
+            return *i;
+        }
+        let i = self.push(Node::Backed { path, pkg });
+        map.insert((dev, ino), i);
+        i
+    }
+}
