@@ -191,7 +191,10 @@ pub async fn run(workdir: Option<PathBuf>) -> Result<ExitCode> {
             tmp.path().to_path_buf()
         }
     };
-    println!("==> building an example mirror in {} (C library + program, padded build prefix, signed v3)", dir.display());
+    println!(
+        "==> building an example mirror in {} (C library + program, padded build prefix, signed v3)",
+        dir.display()
+    );
     let (key_file, app_hash) = build_mirror(&dir)?;
     let cfg = MirrorConfig {
         url: dir.join("mirror").to_string_lossy().into_owned(),
@@ -199,36 +202,63 @@ pub async fn run(workdir: Option<PathBuf>) -> Result<ExitCode> {
         key_files: vec![key_file],
         keyring_dirs: vec![],
     };
-    let root = dir.join("root");
+    let mnt = dir.join("mnt");
+    std::fs::create_dir_all(&mnt)?;
+    let opts = super::MountArgs {
+        cache_dir: dir.join("cache"),
+        projection: spackfs::buildcache::projection::DEFAULT_PROJECTION.into(),
+        threads: 2,
+        read_mode: spackfs::fs::ReadMode::Passthrough,
+        retry_after: std::time::Duration::from_secs(5),
+        limits: Limits::default(),
+    };
     println!(
-        "==> installing demo-hello and its dependency into {}",
-        root.display()
+        "==> mounting it at {} (nothing is fetched yet)",
+        mnt.display()
     );
-    let summary = super::install(
-        &cfg,
-        &root,
-        spackfs::buildcache::projection::DEFAULT_PROJECTION,
-        2,
-        Limits::default(),
-        &[format!("/{app_hash}")],
-    )
-    .await?;
-    for (pkg, prefix, timings) in &summary.installed {
-        println!("  {pkg} -> {}\n    {timings}", prefix.display());
-    }
-    println!("{summary}");
-    if summary.failed > 0 {
-        bail!("the demo install failed");
-    }
-    let exe = root.join(format!("linux-x86_64/demo-hello-1.0-{app_hash}/bin/hello"));
-    println!("==> running {}", exe.display());
-    let out = Command::new(&exe)
+    let mounted = super::mount(&cfg, &mnt, &opts).await.context(
+        "spackfs demo mounts a FUSE file system: it needs /dev/fuse and root (or fusermount3 from the fuse3 package)",
+    )?;
+    let exe = mnt.join(format!("linux-x86_64/demo-hello-1.0-{app_hash}/bin/hello"));
+    println!(
+        "==> running {} (first touch: fetch, verify, extract, relocate)",
+        exe.display()
+    );
+    let started = std::time::Instant::now();
+    let out = tokio::process::Command::new(&exe)
         .output()
-        .with_context(|| format!("running {}", exe.display()))?;
-    print!("{}", String::from_utf8_lossy(&out.stdout));
-    eprint!("{}", String::from_utf8_lossy(&out.stderr));
-    if !out.status.success() {
-        bail!("the relocated program failed ({})", out.status);
+        .await
+        .with_context(|| format!("running {}", exe.display()));
+    let elapsed = started.elapsed();
+    let result = match out {
+        Ok(out) => {
+            print!("{}", String::from_utf8_lossy(&out.stdout));
+            eprint!("{}", String::from_utf8_lossy(&out.stderr));
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!(
+                    "the relocated program failed ({})",
+                    out.status
+                ))
+            }
+        }
+        Err(e) => Err(e),
+    };
+    println!(
+        "==> first run took {:.3}s; per package:",
+        elapsed.as_secs_f64()
+    );
+    for p in mounted.live.packages() {
+        if let spackfs::catalog::live::State::Ready {
+            timings: Some(t), ..
+        } = mounted.live.state(&p.node.hash)
+        {
+            println!("  {}\n    {t}", p.node.display());
+        }
     }
+    println!("==> unmounting {}", mnt.display());
+    mounted.unmount()?;
+    result?;
     Ok(ExitCode::SUCCESS)
 }

@@ -415,6 +415,7 @@ fn default_cache_dir() -> PathBuf {
 pub(crate) struct Mounted {
     session: Option<fuser::BackgroundSession>,
     path: PathBuf,
+    pub live: Arc<LiveCatalog>,
 }
 
 impl Mounted {
@@ -485,10 +486,15 @@ pub(crate) async fn mount(
         path.display(),
         opts.cache_dir.display()
     );
-    let fs = SpackFs::new(live, tokio::runtime::Handle::current(), opts.read_mode);
+    let fs = SpackFs::new(
+        live.clone(),
+        tokio::runtime::Handle::current(),
+        opts.read_mode,
+    );
     let session = spackfs::fs::mount::spawn(fs, &path, opts.threads)?;
     Ok(Mounted {
         session: Some(session),
         path,
+        live,
     })
 }
