@@ -43,6 +43,11 @@ impl Projection {
         Ok(p)
     }
 
+    /// The (lower-cased) template.
+    pub fn template(&self) -> &str {
+        &self.template
+    }
+
     /// The relative path of `node` (`dag` supplies its compiler for `{compiler.*}`).
     pub fn format(&self, node: &SpecNode, dag: Option<&SpecDag>) -> Result<String, FormatError> {
         let compiler = node

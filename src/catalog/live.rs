@@ -15,7 +15,7 @@ use super::materialise::{self, Target, Timings};
 use super::{Catalog, CatalogError};
 use crate::buildcache::spec::SpecNode;
 use crate::install::InstallError;
-use crate::store::{prefix_key, Store};
+use crate::store::{prefix_key, EntryMeta, Store};
 
 /// Why a package cannot be served, as the errno the touching process gets.
 #[derive(Debug, Clone)]
@@ -72,7 +72,7 @@ pub struct LivePackage {
 pub struct LiveCatalog {
     catalog: Arc<Catalog>,
     target: Target,
-    store: Store,
+    store: Arc<Store>,
     packages: Vec<LivePackage>,
     by_hash: HashMap<String, usize>,
     slots: Mutex<HashMap<String, Slot>>,
@@ -81,7 +81,12 @@ pub struct LiveCatalog {
 }
 
 impl LiveCatalog {
-    pub fn new(catalog: Arc<Catalog>, target: Target, store: Store, backoff: Duration) -> Self {
+    pub fn new(
+        catalog: Arc<Catalog>,
+        target: Target,
+        store: Arc<Store>,
+        backoff: Duration,
+    ) -> Self {
         let mut packages = Vec::new();
         let mut by_hash = HashMap::new();
         for e in catalog.available() {
@@ -256,7 +261,7 @@ impl LiveCatalog {
             &self.target.root,
             &materialise::relocation_targets(&meta, &self.target),
         );
-        if let Some(path) = self.store.lookup(&key) {
+        if let Some((path, _)) = self.store.lookup(&key) {
             crate::metrics::Metrics::inc(&crate::metrics::global().cache_hits, 1);
             tracing::info!(
                 "{}: ready from the cache ({})",
@@ -265,15 +270,46 @@ impl LiveCatalog {
             );
             return Ok((path, None, meta.signer.clone()));
         }
-        let dest = self.store.prefix_path(&key);
+        let package = node.display();
+        let staging = self
+            .store
+            .new_staging(&node.hash)
+            .map_err(|e| CatalogError::Install {
+                package: package.clone(),
+                mirror: self.mirror().to_string(),
+                source: Box::new(InstallError::Layout {
+                    what: package.clone(),
+                    message: e.to_string(),
+                }),
+            })?;
+        let entry = EntryMeta {
+            key: key.clone(),
+            package: package.clone(),
+            hash: node.hash.clone(),
+            root: self.target.root.clone(),
+            projection: self.target.projection.template().to_string(),
+            mirror: self.mirror().to_string(),
+            tarball_sha256: meta.tarball_sha256.clone(),
+            signer: meta.signer.clone(),
+            size: 0,
+            files: Vec::new(),
+        };
+        let store = self.store.clone();
         let done = materialise::materialise(
             &self.catalog,
             &meta,
             &self.target,
-            &self.store.staging_dir(),
-            &dest,
+            staging,
+            Box::new(move |staged| {
+                store.publish(staged, entry).map_err(|e| match e {
+                    crate::store::StoreError::Io { path, source } => {
+                        InstallError::io(&package, path, source)
+                    }
+                })
+            }),
         )
         .await?;
+        let dest = self.store.prefix_path(&key);
         let mut timings = done.timings.clone();
         timings.verify = meta.verify_time;
         timings.total = start.elapsed();

@@ -92,7 +92,21 @@ pub async fn install_one(
         return Ok(Outcome::AlreadyInstalled { prefix });
     }
     let staging_parent = PathBuf::from(&target.root).join(".spackfs-staging");
-    let done = materialise(catalog, &meta, target, &staging_parent, &prefix).await?;
+    let staging = staging_dir(&staging_parent, &node.hash).map_err(|e| CatalogError::Install {
+        package: node.display(),
+        mirror: catalog.mirror().to_string(),
+        source: Box::new(InstallError::io(&node.display(), &staging_parent, e)),
+    })?;
+    let dest = prefix.clone();
+    let what = node.display();
+    let done = materialise(
+        catalog,
+        &meta,
+        target,
+        staging,
+        Box::new(move |staged| publish(staged, &dest, &what)),
+    )
+    .await?;
     let mut timings = done.timings.clone();
     timings.verify = meta.verify_time;
     timings.fetch = fetched.saturating_sub(meta.verify_time);
@@ -107,14 +121,17 @@ pub async fn install_one(
     Ok(done.outcome(prefix, timings))
 }
 
-/// Stream, verify, extract and relocate a package for `target` and publish the finished
-/// prefix at `dest` (staging under `staging_parent`, on the same file system).
+/// Publishes a finished prefix from staging; false when someone else published it first.
+pub type Publish = Box<dyn FnOnce(&Path) -> Result<bool, InstallError> + Send>;
+
+/// Stream, verify, extract and relocate a package for `target` in `staging` (on the file
+/// system of its destination), then hand the finished prefix to `publish`.
 pub async fn materialise(
     catalog: &Catalog,
     meta: &PackageMeta,
     target: &Target,
-    staging_parent: &Path,
-    dest: &Path,
+    staging: tempfile::TempDir,
+    publish: Publish,
 ) -> Result<Done, CatalogError> {
     let package = meta.node().display();
     let wrap = |source: InstallError| CatalogError::Install {
@@ -122,8 +139,6 @@ pub async fn materialise(
         mirror: catalog.mirror().to_string(),
         source: Box::new(source),
     };
-    let staging = staging_dir(staging_parent, &meta.node().hash)
-        .map_err(|e| wrap(InstallError::io(&package, staging_parent, e)))?;
     tracing::debug!(
         "{package}: fetching blob {} from {}",
         meta.tarball_path,
@@ -144,7 +159,7 @@ pub async fn materialise(
         meta: meta.clone(),
         target: target.clone(),
         staging: staging.path().to_path_buf(),
-        prefix: dest.to_path_buf(),
+        publish,
         what: package.clone(),
     };
     let result = tokio::task::spawn_blocking(move || job.run(reader))
@@ -174,7 +189,7 @@ struct Job {
     meta: PackageMeta,
     target: Target,
     staging: PathBuf,
-    prefix: PathBuf,
+    publish: Publish,
     what: String,
 }
 
@@ -237,7 +252,7 @@ impl Job {
         );
         install::finish::finish(&ex.prefix_dir, &ex.members, what)?;
         let relocate = t.elapsed();
-        let published = publish(&ex.prefix_dir, &self.prefix, what)?;
+        let published = (self.publish)(&ex.prefix_dir)?;
         Ok(Done {
             timings: Timings {
                 extract,

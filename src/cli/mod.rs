@@ -472,7 +472,7 @@ pub(crate) async fn mount(
         .trim_end_matches('/')
         .to_string();
     let catalog = Arc::new(open_catalog(cfg).await?);
-    let store = spackfs::store::Store::open(&opts.cache_dir)?;
+    let store = Arc::new(spackfs::store::Store::open(&opts.cache_dir, None)?);
     let target = Target {
         root,
         projection: Projection::new(&opts.projection)?,

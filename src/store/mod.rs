@@ -1,13 +1,27 @@
-//! The on-disk cache of ready prefixes: `prefixes/<key>/` holds a relocated prefix, published
-//! by one rename from `staging/` (wiped at open), so a prefix that exists is complete.
-//! The key is derived from everything that determines the bytes: the tarball's sha256 and
-//! the relocation target (install root and the new prefixes of the relocation set).
+//! The on-disk cache of ready prefixes, bounded, persistent and crash-safe.
+//!
+//! Layout: `prefixes/<key>/` holds a relocated prefix, published by one rename from
+//! `staging/` and only then recorded in `meta/<key>.json` (package, install root, size, file
+//! digests). The meta file's mtime is the entry's last use, so the bookkeeping is the
+//! directory itself: nothing to rebuild after a crash but orphans to drop. `locks/<key>` is
+//! held shared by every process using a prefix (pins); eviction needs it exclusively.
+//! `lock` serialises publishing and eviction across processes. The key is derived from
+//! what determines the bytes: the tarball's sha256 and the relocation target.
 
+pub mod digest;
+
+use std::collections::HashMap;
+use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
 
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// Errors of the store, naming the directory at fault.
+pub use digest::FileRecord;
+
+/// Errors of the store, naming the path at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cache directory {path}: {source}")]
@@ -18,51 +32,410 @@ pub enum StoreError {
     },
 }
 
-/// A cache directory.
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What the store knows about a published prefix.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EntryMeta {
+    pub key: String,
+    /// `name@version/hash7`.
+    pub package: String,
+    pub hash: String,
+    /// The install root it was relocated for, and the projection template.
+    pub root: String,
+    pub projection: String,
+    pub mirror: String,
+    pub tarball_sha256: String,
+    pub signer: Option<String>,
+    /// Disk usage in bytes.
+    pub size: u64,
+    pub files: Vec<FileRecord>,
+}
+
+/// One entry as listed.
 #[derive(Debug, Clone)]
+pub struct Listed {
+    pub meta: EntryMeta,
+    pub last_use: SystemTime,
+    pub pinned: bool,
+}
+
+/// Size bound of the cache.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    /// High watermark: the cache may not grow past it.
+    pub max_bytes: u64,
+    /// Eviction frees space down to this.
+    pub low_bytes: u64,
+}
+
+impl Bound {
+    /// A bound with the low watermark at 75 %.
+    pub fn new(max_bytes: u64) -> Self {
+        Bound {
+            max_bytes,
+            low_bytes: max_bytes / 4 * 3,
+        }
+    }
+}
+
+/// A cache directory.
 pub struct Store {
     root: PathBuf,
+    bound: Option<Bound>,
+    /// In-process pins: key → (count, the shared lock held while count > 0).
+    pins: Mutex<HashMap<String, (usize, File)>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("root", &self.root).finish()
+    }
 }
 
 impl Store {
-    /// Open (and create) the cache at `root`; leftovers of interrupted work are removed.
-    pub fn open(root: &Path) -> Result<Self, StoreError> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| StoreError::Io { path, source }
-        };
-        for d in ["prefixes", "staging"] {
-            std::fs::create_dir_all(root.join(d)).map_err(io(&root.join(d)))?;
+    /// Open (and create) the cache at `root`: remove staging leftovers of dead processes
+    /// and prefixes that were never recorded (a crash between rename and bookkeeping).
+    pub fn open(root: &Path, bound: Option<Bound>) -> Result<Self, StoreError> {
+        for d in ["prefixes", "staging", "meta", "locks", "index"] {
+            let p = root.join(d);
+            std::fs::create_dir_all(&p).map_err(io(&p))?;
         }
-        let staging = root.join("staging");
-        for e in std::fs::read_dir(&staging).map_err(io(&staging))?.flatten() {
-            let p = e.path();
-            let _ = make_writable(&p);
-            let _ = std::fs::remove_dir_all(&p);
-        }
-        Ok(Store {
+        let store = Store {
             root: std::path::absolute(root).map_err(io(root))?,
-        })
+            bound,
+            pins: Mutex::new(HashMap::new()),
+        };
+        let _guard = store.global_lock()?;
+        let staging = store.staging_dir();
+        for e in std::fs::read_dir(&staging).map_err(io(&staging))?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid: Option<i32> = name.split('.').next().and_then(|p| p.parse().ok());
+            if pid.is_none_or(|pid| !process_alive(pid)) {
+                remove_tree(&e.path());
+            }
+        }
+        let prefixes = store.root.join("prefixes");
+        for e in std::fs::read_dir(&prefixes)
+            .map_err(io(&prefixes))?
+            .flatten()
+        {
+            let key = e.file_name().to_string_lossy().into_owned();
+            if store.read_meta(&key).is_none() {
+                tracing::warn!(
+                    "cache: dropping {key}, a prefix without bookkeeping (interrupted publish?)"
+                );
+                remove_tree(&e.path());
+            }
+        }
+        for e in std::fs::read_dir(store.root.join("meta"))
+            .map_err(io(&prefixes))?
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(key) = name.strip_suffix(".json") {
+                if !store.prefix_path(key).is_dir() {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(store)
     }
 
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    /// Where work in progress goes (same file system as the prefixes, for the rename).
+    pub fn bound(&self) -> Option<Bound> {
+        self.bound
+    }
+
+    fn global_lock(&self) -> Result<File, StoreError> {
+        let p = self.root.join("lock");
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(io(&p))?;
+        f.lock().map_err(io(&p))?;
+        Ok(f)
+    }
+
+    /// A new private staging directory (named after this process, so that a later
+    /// `open` by another process knows whether it is abandoned).
+    pub fn new_staging(&self, hint: &str) -> Result<tempfile::TempDir, StoreError> {
+        let dir = self.staging_dir();
+        tempfile::Builder::new()
+            .prefix(&format!("{}.{hint}.", std::process::id()))
+            .tempdir_in(&dir)
+            .map_err(io(&dir))
+    }
+
     pub fn staging_dir(&self) -> PathBuf {
         self.root.join("staging")
     }
 
-    /// The directory of a ready prefix with this key.
+    /// The directory of a prefix with this key.
     pub fn prefix_path(&self, key: &str) -> PathBuf {
         self.root.join("prefixes").join(key)
     }
 
-    /// The ready prefix with this key, if published.
-    pub fn lookup(&self, key: &str) -> Option<PathBuf> {
+    fn meta_path(&self, key: &str) -> PathBuf {
+        self.root.join("meta").join(format!("{key}.json"))
+    }
+
+    /// The kept index of a mirror (for offline mounts).
+    pub fn index_path(&self, mirror: &str) -> PathBuf {
+        let id = hex::encode(&Sha256::digest(mirror.as_bytes())[..8]);
+        self.root.join("index").join(format!("{id}.json"))
+    }
+
+    fn read_meta(&self, key: &str) -> Option<EntryMeta> {
+        let b = std::fs::read(self.meta_path(key)).ok()?;
+        serde_json::from_slice(&b).ok()
+    }
+
+    /// The ready prefix with this key, if published (and marks it used).
+    pub fn lookup(&self, key: &str) -> Option<(PathBuf, EntryMeta)> {
+        let meta = self.read_meta(key)?;
         let p = self.prefix_path(key);
-        p.is_dir().then_some(p)
+        if !p.is_dir() {
+            return None;
+        }
+        self.touch(key);
+        Some((p, meta))
+    }
+
+    /// The ready prefix of package `hash` relocated for `root` with `projection`, found
+    /// without the mirror (offline remounts).
+    pub fn find(&self, hash: &str, root: &str, projection: &str) -> Option<(PathBuf, EntryMeta)> {
+        for e in std::fs::read_dir(self.root.join("meta")).ok()?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(key) = name.strip_suffix(".json") else {
+                continue;
+            };
+            if let Some(m) = self.read_meta(key) {
+                if m.hash == hash && m.root == root && m.projection == projection {
+                    return self.lookup(key);
+                }
+            }
+        }
+        None
+    }
+
+    /// Record a use of an entry (its meta file's mtime is its last use).
+    pub fn touch(&self, key: &str) {
+        if let Ok(f) = File::options().write(true).open(self.meta_path(key)) {
+            let _ = f.set_modified(SystemTime::now());
+        }
+    }
+
+    /// Publish a finished prefix from staging: make room under the bound, rename it into
+    /// place, then record it. Returns false when the key was published meanwhile.
+    pub fn publish(&self, staged: &Path, mut meta: EntryMeta) -> Result<bool, StoreError> {
+        let (files, size) = digest::records(staged).map_err(io(staged))?;
+        meta.files = files;
+        meta.size = size;
+        let _guard = self.global_lock()?;
+        let dest = self.prefix_path(&meta.key);
+        if dest.is_dir() && self.read_meta(&meta.key).is_some() {
+            return Ok(false);
+        }
+        if let Some(b) = self.bound {
+            let target = b.low_bytes.saturating_sub(size);
+            if self.total_size() + size > b.max_bytes {
+                self.evict_to(target, Some(&meta.key));
+            }
+            if size > b.max_bytes {
+                tracing::warn!(
+                    "cache: {} ({} bytes) alone is larger than the cache bound ({} bytes)",
+                    meta.package,
+                    size,
+                    b.max_bytes
+                );
+            }
+        }
+        if dest.exists() {
+            remove_tree(&dest);
+        }
+        std::fs::rename(staged, &dest).map_err(io(&dest))?;
+        self.write_meta(&meta)?;
+        Ok(true)
+    }
+
+    fn write_meta(&self, meta: &EntryMeta) -> Result<(), StoreError> {
+        let p = self.meta_path(&meta.key);
+        let tmp = self.root.join("meta").join(format!(".{}.tmp", meta.key));
+        let data = serde_json::to_vec(meta).expect("meta serialises");
+        std::fs::write(&tmp, data).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &p).map_err(io(&p))
+    }
+
+    /// Every entry, least recently used first.
+    pub fn list(&self) -> Vec<Listed> {
+        let mut out = Vec::new();
+        let Ok(dir) = std::fs::read_dir(self.root.join("meta")) else {
+            return out;
+        };
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(key) = name.strip_suffix(".json") else {
+                continue;
+            };
+            let Some(meta) = self.read_meta(key) else {
+                continue;
+            };
+            let last_use = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            let pinned = self.is_pinned(key);
+            out.push(Listed {
+                meta,
+                last_use,
+                pinned,
+            });
+        }
+        out.sort_by_key(|l| l.last_use);
+        out
+    }
+
+    /// Total disk usage of the recorded entries.
+    pub fn total_size(&self) -> u64 {
+        self.list().iter().map(|l| l.meta.size).sum()
+    }
+
+    fn lock_file(&self, key: &str) -> Result<File, StoreError> {
+        let p = self.root.join("locks").join(key);
+        File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(io(&p))
+    }
+
+    /// Is the entry in use by this or another process?
+    pub fn is_pinned(&self, key: &str) -> bool {
+        if self
+            .pins
+            .lock()
+            .unwrap()
+            .get(key)
+            .is_some_and(|(n, _)| *n > 0)
+        {
+            return true;
+        }
+        match self.lock_file(key) {
+            Ok(f) => {
+                let free = f.try_lock().is_ok();
+                if free {
+                    let _ = f.unlock();
+                }
+                !free
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Keep an entry from eviction (open files, running lookups) until `unpin`.
+    pub fn pin(&self, key: &str) {
+        let mut pins = self.pins.lock().unwrap();
+        if let Some((n, _)) = pins.get_mut(key) {
+            *n += 1;
+            return;
+        }
+        if let Ok(f) = self.lock_file(key) {
+            let _ = f.lock_shared();
+            pins.insert(key.to_string(), (1, f));
+        }
+    }
+
+    pub fn unpin(&self, key: &str) {
+        let mut pins = self.pins.lock().unwrap();
+        if let Some((n, _)) = pins.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                pins.remove(key);
+            }
+        }
+    }
+
+    /// Evict least recently used, unpinned entries until the total is at most `target`.
+    /// Returns the evicted entries.
+    pub fn evict_to(&self, target: u64, keep: Option<&str>) -> Vec<EntryMeta> {
+        let mut evicted = Vec::new();
+        let entries = self.list();
+        let mut total: u64 = entries.iter().map(|l| l.meta.size).sum();
+        for l in entries {
+            if total <= target {
+                break;
+            }
+            if l.pinned || Some(l.meta.key.as_str()) == keep {
+                continue;
+            }
+            let Ok(lock) = self.lock_file(&l.meta.key) else {
+                continue;
+            };
+            if lock.try_lock().is_err() {
+                continue;
+            }
+            self.remove_entry(&l.meta.key);
+            total = total.saturating_sub(l.meta.size);
+            tracing::info!(
+                "cache: evicted {} ({} bytes, {})",
+                l.meta.package,
+                l.meta.size,
+                l.meta.key
+            );
+            evicted.push(l.meta);
+        }
+        evicted
+    }
+
+    /// Remove an entry: bookkeeping first, then the tree (moved aside, so that no reader
+    /// ever sees half of it).
+    pub fn remove_entry(&self, key: &str) {
+        let _ = std::fs::remove_file(self.meta_path(key));
+        let p = self.prefix_path(key);
+        let aside = self
+            .staging_dir()
+            .join(format!("{}.evicted.{key}", std::process::id()));
+        if std::fs::rename(&p, &aside).is_ok() {
+            remove_tree(&aside);
+        } else {
+            remove_tree(&p);
+        }
+    }
+
+    /// Evict down to `target` bytes under the global lock (`spackfs cache gc`).
+    pub fn gc(&self, target: u64) -> Result<Vec<EntryMeta>, StoreError> {
+        let _guard = self.global_lock()?;
+        Ok(self.evict_to(target, None))
+    }
+
+    /// Recheck every entry (digests when `deep`); remove and return the damaged ones.
+    pub fn verify(&self, deep: bool) -> Result<Vec<(EntryMeta, String)>, StoreError> {
+        let mut bad = Vec::new();
+        for l in self.list() {
+            if let Some(reason) = self.check(&l.meta, deep) {
+                let _guard = self.global_lock()?;
+                self.remove_entry(&l.meta.key);
+                bad.push((l.meta, reason));
+            }
+        }
+        Ok(bad)
+    }
+
+    /// What is wrong with an entry, if anything.
+    pub fn check(&self, meta: &EntryMeta, deep: bool) -> Option<String> {
+        digest::check(&self.prefix_path(&meta.key), &meta.files, deep)
     }
 }
 
@@ -79,7 +452,20 @@ pub fn prefix_key(tarball_sha256: &str, root: &str, target_prefixes: &[String]) 
     hex::encode(&h.finalize()[..16])
 }
 
-/// Give the owner write permission on a tree so that it can be removed.
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks for the process's existence.
+    unsafe { libc::kill(pid, 0) == 0 || *libc::__errno_location() == libc::EPERM }
+}
+
+/// Remove a tree, making directories writable first if needed.
+pub fn remove_tree(p: &Path) {
+    if std::fs::remove_dir_all(p).is_ok() {
+        return;
+    }
+    let _ = make_writable(p);
+    let _ = std::fs::remove_dir_all(p);
+}
+
 fn make_writable(p: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let m = std::fs::symlink_metadata(p)?;
@@ -90,4 +476,52 @@ fn make_writable(p: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Parse a cache size: bytes with units (`10GiB`, `500MB`) or a percentage of the file
+/// system holding `dir` (`20%`).
+pub fn parse_size(s: &str, dir: &Path) -> Result<u64, String> {
+    if let Some(p) = s.trim().strip_suffix('%') {
+        let pct: f64 = p
+            .trim()
+            .parse()
+            .map_err(|_| format!("bad percentage {s:?}"))?;
+        if !(0.0..=100.0).contains(&pct) {
+            return Err(format!("percentage {s:?} is not between 0 and 100"));
+        }
+        let mut probe = dir.to_path_buf();
+        while !probe.exists() {
+            if !probe.pop() {
+                break;
+            }
+        }
+        let c = std::ffi::CString::new(probe.as_os_str().as_encoded_bytes())
+            .map_err(|e| e.to_string())?;
+        // SAFETY: zeroed statvfs is a valid out-parameter; `c` is a valid C string.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: as above; statvfs only writes into `st`.
+        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+            return Err(format!("cannot statvfs {}", probe.display()));
+        }
+        let total = st.f_blocks * st.f_frsize;
+        return Ok((total as f64 * pct / 100.0) as u64);
+    }
+    s.parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("bad size {s:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        let d = std::env::temp_dir();
+        assert_eq!(parse_size("10MiB", &d).unwrap(), 10 << 20);
+        assert_eq!(parse_size("1000", &d).unwrap(), 1000);
+        assert!(parse_size("50%", &d).unwrap() > 0);
+        assert!(parse_size("150%", &d).is_err());
+        assert!(parse_size("lots", &d).is_err());
+    }
 }
