@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod mirror;
+pub mod mount;
 pub mod reference;
 pub mod tarball;
 
