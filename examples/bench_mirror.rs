@@ -124,10 +124,10 @@ struct Pkg {
 
 fn direct_deps(i: usize) -> Vec<usize> {
     let mut d = Vec::new();
-    if i > 0 && i % CHAIN != 0 {
+    if i > 0 && !i.is_multiple_of(CHAIN) {
         d.push(i - 1);
     }
-    if i > 1 && (i - 1) % CHAIN != 0 {
+    if i > 1 && !(i - 1).is_multiple_of(CHAIN) {
         d.push(0);
     }
     if i == CHAIN {
@@ -237,7 +237,7 @@ fn header_text(rng: &mut Rng, p: &Pkg, k: usize, deps: &[&Pkg]) -> String {
         p.name,
         words(rng, 6)
     );
-    if k % 8 == 0 {
+    if k.is_multiple_of(8) {
         s.push_str(&format!(
             "#define {}_INSTALL_PREFIX \"{}\"\n",
             p.ident.to_uppercase(),
