@@ -31,6 +31,8 @@ pub enum State {
     Fetching,
     Ready {
         path: PathBuf,
+        /// The store key of the prefix.
+        key: String,
         timings: Option<Timings>,
         signer: Option<String>,
     },
@@ -78,6 +80,8 @@ pub struct LiveCatalog {
     slots: Mutex<HashMap<String, Slot>>,
     backoff: Duration,
     mounted_at: SystemTime,
+    /// Drops the kernel's entries of an evicted package (set by the mount).
+    invalidator: std::sync::OnceLock<Box<dyn Fn(usize) + Send + Sync>>,
 }
 
 impl LiveCatalog {
@@ -112,7 +116,60 @@ impl LiveCatalog {
             slots: Mutex::new(HashMap::new()),
             backoff,
             mounted_at: SystemTime::now(),
+            invalidator: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Follow the store's evictions: an evicted package goes back to "remote" and the
+    /// kernel forgets its entries, so that its next touch materialises it again.
+    pub fn watch_evictions(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        self.store.on_evict(Box::new(move |meta| {
+            if let Some(this) = weak.upgrade() {
+                this.evicted(meta);
+            }
+        }));
+    }
+
+    fn evicted(&self, meta: &EntryMeta) {
+        let Some(&idx) = self.by_hash.get(&meta.hash) else {
+            return;
+        };
+        tracing::debug!(
+            "{}: evicted from the cache, state {}",
+            meta.package,
+            self.state(&meta.hash).name()
+        );
+        let mut slots = self.slots.lock().unwrap();
+        if let Some(Slot::Idle(State::Ready { key, .. })) = slots.get(&meta.hash) {
+            if *key == meta.key {
+                slots.remove(&meta.hash);
+                drop(slots);
+                if let Some(inval) = self.invalidator.get() {
+                    inval(idx);
+                }
+            }
+        }
+    }
+
+    /// Set how the kernel is told to forget a package's entries.
+    pub fn set_invalidator(&self, f: Box<dyn Fn(usize) + Send + Sync>) {
+        let _ = self.invalidator.set(f);
+    }
+
+    /// Pin the ready prefix of package `pkg` against eviction; returns the key to unpin.
+    pub fn pin(&self, pkg: usize) -> Option<String> {
+        let hash = &self.packages.get(pkg)?.node.hash;
+        let key = match self.slots.lock().unwrap().get(hash) {
+            Some(Slot::Idle(State::Ready { key, .. })) => key.clone(),
+            _ => return None,
+        };
+        self.store.pin(&key);
+        Some(key)
+    }
+
+    pub fn unpin(&self, key: &str) {
+        self.store.unpin(key);
     }
 
     pub fn packages(&self) -> &[LivePackage] {
@@ -207,8 +264,9 @@ impl LiveCatalog {
         let node = self.packages[idx].node.clone();
         let result = self.materialise(&node).await;
         let state = match &result {
-            Ok((path, timings, signer)) => State::Ready {
+            Ok((path, key, timings, signer)) => State::Ready {
                 path: path.clone(),
+                key: key.clone(),
                 timings: timings.clone(),
                 signer: signer.clone(),
             },
@@ -219,8 +277,16 @@ impl LiveCatalog {
                 };
                 crate::metrics::Metrics::inc(&crate::metrics::global().packages_failed, 1);
                 let delay = self.backoff * 2u32.saturating_pow(attempts.min(6));
+                let full = if failure.errno == libc::ENOSPC {
+                    format!(
+                        "; the cache file system ({}) is full",
+                        self.store.root().display()
+                    )
+                } else {
+                    String::new()
+                };
                 tracing::error!(
-                    "{} from mirror {}: {e} (touching processes get {}; retry after {:?})",
+                    "{} from mirror {}: {e}{full} (touching processes get {}; retry after {:?})",
                     node.display(),
                     self.mirror(),
                     std::io::Error::from_raw_os_error(failure.errno),
@@ -247,15 +313,34 @@ impl LiveCatalog {
     async fn materialise(
         self: &Arc<Self>,
         node: &SpecNode,
-    ) -> Result<(PathBuf, Option<Timings>, Option<String>), CatalogError> {
+    ) -> Result<(PathBuf, String, Option<Timings>, Option<String>), CatalogError> {
         let start = Instant::now();
-        let meta = self.catalog.meta(node).await?;
-        // A binary needs its libraries next: start the link/run dependencies now.
-        for e in &meta.node().deps {
-            if (e.is("link") || e.is("run")) && self.by_hash.contains_key(&e.hash) {
-                let _ = self.start(&e.hash);
+        // A prefix made earlier for this root needs no mirror access (offline remounts).
+        let projection = self.target.projection.template().to_string();
+        if let Some((path, entry)) = self.store.find(&node.hash, &self.target.root, &projection) {
+            match self.store.check(&entry, false) {
+                None => {
+                    crate::metrics::Metrics::inc(&crate::metrics::global().cache_hits, 1);
+                    tracing::info!(
+                        "{}: ready from the cache ({})",
+                        node.display(),
+                        path.display()
+                    );
+                    self.start_deps(node);
+                    return Ok((path, entry.key, None, entry.signer));
+                }
+                Some(damage) => {
+                    tracing::warn!(
+                        "{}: cached prefix {} is damaged ({damage}): dropping it and fetching again",
+                        node.display(),
+                        entry.key
+                    );
+                    self.store.remove_entry(&entry.key);
+                }
             }
         }
+        let meta = self.catalog.meta(node).await?;
+        self.start_deps(meta.node());
         let key = prefix_key(
             &meta.tarball_sha256,
             &self.target.root,
@@ -268,7 +353,7 @@ impl LiveCatalog {
                 node.display(),
                 path.display()
             );
-            return Ok((path, None, meta.signer.clone()));
+            return Ok((path, key, None, meta.signer.clone()));
         }
         let package = node.display();
         let staging = self
@@ -319,7 +404,16 @@ impl LiveCatalog {
             node.stem(),
             timings
         );
-        Ok((dest, Some(timings), meta.signer.clone()))
+        Ok((dest, key, Some(timings), meta.signer.clone()))
+    }
+
+    /// A binary needs its libraries next: start the link/run dependencies in the mirror.
+    fn start_deps(self: &Arc<Self>, node: &SpecNode) {
+        for e in &node.deps {
+            if (e.is("link") || e.is("run")) && self.by_hash.contains_key(&e.hash) {
+                let _ = self.start(&e.hash);
+            }
+        }
     }
 
     /// A Spack database (format doc 3) naming every package at its prefix under the mount

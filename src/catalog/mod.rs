@@ -122,17 +122,21 @@ pub struct Catalog {
     /// True when `entries` is the complete list (an index or a listing).
     complete: bool,
     meta_cache: Mutex<HashMap<String, PackageMeta>>,
+    /// Built from a kept index because the mirror is unreachable: nothing can be fetched.
+    offline: bool,
 }
 
 impl Catalog {
     /// Open a mirror: read its v3 index, else its v2 index, else list its manifests.
     pub async fn open(store: Box<dyn BlobStore>, trust: TrustPolicy) -> Result<Self, CatalogError> {
+        store.probe().await?;
         let mut cat = Catalog {
             store,
             trust,
             entries: IndexMap::new(),
             complete: false,
             meta_cache: Mutex::new(HashMap::new()),
+            offline: false,
         };
         // A mirror may hold both layouts: read both indexes (v3 first, as Spack does).
         let has_v3 = cat.load_v3_index().await?;
@@ -149,6 +153,40 @@ impl Catalog {
             }
         }
         Ok(cat)
+    }
+
+    /// A catalog from a kept index (a Spack database), for a mirror that is unreachable:
+    /// it lists packages, and every fetch fails at once.
+    pub fn offline(store: Box<dyn BlobStore>, index_json: &[u8]) -> Result<Self, CatalogError> {
+        let mut cat = Catalog {
+            store,
+            trust: TrustPolicy::Unsigned,
+            entries: IndexMap::new(),
+            complete: true,
+            meta_cache: Mutex::new(HashMap::new()),
+            offline: true,
+        };
+        let what = format!("kept index of {}", cat.mirror());
+        let records = index::parse(index_json, &what).map_err(|e| cat.format_err(e))?;
+        cat.add_records(records);
+        Ok(cat)
+    }
+
+    /// The package list as a Spack database, to keep for offline use.
+    pub fn index_json(&self) -> Vec<u8> {
+        let mut installs = serde_json::Map::new();
+        for (h, e) in &self.entries {
+            installs.insert(
+                h.clone(),
+                serde_json::json!({"spec": e.node.raw, "ref_count": 0, "in_buildcache": e.in_buildcache}),
+            );
+        }
+        serde_json::to_vec(&serde_json::json!({"database": {"version": "8", "installs": installs}}))
+            .expect("JSON serialises")
+    }
+
+    pub fn is_offline(&self) -> bool {
+        self.offline
     }
 
     pub fn mirror(&self) -> &str {
@@ -408,6 +446,12 @@ impl Catalog {
     pub async fn meta(&self, node: &SpecNode) -> Result<PackageMeta, CatalogError> {
         if let Some(m) = self.meta_cache.lock().unwrap().get(&node.hash) {
             return Ok(m.clone());
+        }
+        if self.offline {
+            return Err(CatalogError::Transport(TransportError::Unreachable {
+                mirror: self.mirror().to_string(),
+                reason: format!("{} is not in the local cache", node.display()),
+            }));
         }
         let meta = match self.meta_v3(node).await? {
             Some(m) => m,

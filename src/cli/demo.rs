@@ -206,6 +206,7 @@ pub async fn run(workdir: Option<PathBuf>) -> Result<ExitCode> {
     std::fs::create_dir_all(&mnt)?;
     let opts = super::MountArgs {
         cache_dir: dir.join("cache"),
+        bound: None,
         projection: spackfs::buildcache::projection::DEFAULT_PROJECTION.into(),
         threads: 2,
         read_mode: spackfs::fs::ReadMode::Passthrough,

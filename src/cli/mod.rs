@@ -17,6 +17,7 @@ use spackfs::catalog::{Catalog, TrustPolicy};
 use spackfs::config::MirrorConfig;
 use spackfs::fs::{ReadMode, SpackFs};
 use spackfs::install::Limits;
+use spackfs::store::Bound;
 
 #[derive(Parser)]
 #[command(
@@ -71,6 +72,10 @@ enum Command {
         /// $XDG_CACHE_HOME/spackfs).
         #[arg(long)]
         cache_dir: Option<PathBuf>,
+        /// Bound of the cache: bytes with units (`20GiB`) or a percentage of its file
+        /// system (`25%`). Least recently used prefixes are evicted past it.
+        #[arg(long)]
+        cache_size: Option<String>,
         #[arg(long, default_value = DEFAULT_PROJECTION)]
         projection: String,
         /// FUSE event-loop threads.
@@ -85,11 +90,38 @@ enum Command {
         #[arg(long, default_value = "64GiB")]
         max_unpacked_size: bytesize::ByteSize,
     },
+    /// Inspect and manage the cache of ready prefixes (works with or without a mount).
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+        /// The cache directory (default as for `mount`).
+        #[arg(long, global = true)]
+        cache_dir: Option<PathBuf>,
+    },
     /// Build an example mirror, mount it, and run the relocated binary from the mount.
     Demo {
         /// Keep the demo's files in this directory instead of a temporary one.
         #[arg(long)]
         workdir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// One line per cached prefix: key, package, size, last use, pinned, install root.
+    Ls,
+    /// Evict least recently used prefixes not in use until the cache holds at most SIZE
+    /// (default: evict every prefix not in use).
+    Gc {
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Recheck every prefix against the digests recorded at publish; remove and report
+    /// damaged ones (exit status 1 if any).
+    Verify {
+        /// Only check sizes and change times, not contents.
+        #[arg(long)]
+        quick: bool,
     },
 }
 
@@ -200,14 +232,23 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             mirror,
             mountpoint,
             cache_dir,
+            cache_size,
             projection,
             threads,
             read_mode,
             retry_after,
             max_unpacked_size,
         } => {
+            let cache_dir = cache_dir.unwrap_or_else(default_cache_dir);
+            let bound = match cache_size {
+                Some(s) => Some(Bound::new(
+                    spackfs::store::parse_size(&s, &cache_dir).map_err(anyhow::Error::msg)?,
+                )),
+                None => None,
+            };
             let opts = MountArgs {
-                cache_dir: cache_dir.unwrap_or_else(default_cache_dir),
+                bound,
+                cache_dir,
                 projection,
                 threads,
                 read_mode: match read_mode {
@@ -223,7 +264,66 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             mounted.wait_for_signal().await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Cache { command, cache_dir } => {
+            cache(command, &cache_dir.unwrap_or_else(default_cache_dir))
+        }
         Command::Demo { workdir } => demo::run(workdir).await,
+    }
+}
+
+fn cache(command: CacheCommand, dir: &std::path::Path) -> Result<ExitCode> {
+    let store = spackfs::store::Store::open(dir, None)?;
+    let human = |b: u64| bytesize::ByteSize::b(b).to_string();
+    match command {
+        CacheCommand::Ls => {
+            let now = std::time::SystemTime::now();
+            for l in store.list() {
+                let ago = now.duration_since(l.last_use).unwrap_or_default().as_secs();
+                println!(
+                    "{}  {}  {}  last use {}s ago  {}  root {}",
+                    l.meta.key,
+                    l.meta.package,
+                    human(l.meta.size),
+                    ago,
+                    if l.pinned { "pinned" } else { "unpinned" },
+                    l.meta.root
+                );
+            }
+            println!("total {}", human(store.total_size()));
+            Ok(ExitCode::SUCCESS)
+        }
+        CacheCommand::Gc { to } => {
+            let target = match to {
+                Some(t) => spackfs::store::parse_size(&t, dir).map_err(anyhow::Error::msg)?,
+                None => 0,
+            };
+            let evicted = store.gc(target)?;
+            for m in &evicted {
+                println!("evicted {}  {}  {}", m.key, m.package, human(m.size));
+            }
+            println!(
+                "evicted {} prefix(es); the cache now holds {}",
+                evicted.len(),
+                human(store.total_size())
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        CacheCommand::Verify { quick } => {
+            let bad = store.verify(!quick)?;
+            for (m, why) in &bad {
+                println!("damaged {}  {}: {why} (removed)", m.key, m.package);
+            }
+            println!(
+                "{} prefix(es) checked, {} damaged",
+                store.list().len() + bad.len(),
+                bad.len()
+            );
+            Ok(if bad.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
     }
 }
 
@@ -391,6 +491,7 @@ pub(crate) async fn install(
 /// Mount options beyond the mirror.
 pub(crate) struct MountArgs {
     pub cache_dir: PathBuf,
+    pub bound: Option<Bound>,
     pub projection: String,
     pub threads: usize,
     pub read_mode: ReadMode,
@@ -471,8 +572,29 @@ pub(crate) async fn mount(
         .context("mount point is not UTF-8")?
         .trim_end_matches('/')
         .to_string();
-    let catalog = Arc::new(open_catalog(cfg).await?);
-    let store = Arc::new(spackfs::store::Store::open(&opts.cache_dir, None)?);
+    let store = Arc::new(spackfs::store::Store::open(&opts.cache_dir, opts.bound)?);
+    let kept = store.index_path(&spackfs::transport::open(&cfg.url)?.url().to_string());
+    let catalog = match open_catalog(cfg).await {
+        Ok(c) => {
+            // Keep the last good index, for mounts while the mirror is unreachable.
+            let tmp = kept.with_extension("tmp");
+            if std::fs::write(&tmp, c.index_json()).is_ok() {
+                let _ = std::fs::rename(&tmp, &kept);
+            }
+            c
+        }
+        Err(e) => match std::fs::read(&kept) {
+            Ok(index) => {
+                tracing::warn!(
+                    "{e:#}; mounting from the index kept at {}: cached packages work, others fail",
+                    kept.display()
+                );
+                Catalog::offline(spackfs::transport::open(&cfg.url)?, &index)?
+            }
+            Err(_) => return Err(e),
+        },
+    };
+    let catalog = Arc::new(catalog);
     let target = Target {
         root,
         projection: Projection::new(&opts.projection)?,
@@ -486,12 +608,16 @@ pub(crate) async fn mount(
         path.display(),
         opts.cache_dir.display()
     );
+    live.watch_evictions();
     let fs = SpackFs::new(
         live.clone(),
         tokio::runtime::Handle::current(),
         opts.read_mode,
     );
+    // The fs moves into the session: keep what eviction needs first.
+    let forgetter = fs.forgetter();
     let session = spackfs::fs::mount::spawn(fs, &path, opts.threads)?;
+    live.set_invalidator(forgetter.with_notifier(session.notifier()));
     Ok(Mounted {
         session: Some(session),
         path,

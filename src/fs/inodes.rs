@@ -94,6 +94,15 @@ impl Inodes {
         }
     }
 
+    /// Forget which cache files the inodes of package `pkg` stand for (after eviction: the
+    /// next copy of the prefix may reuse the disk's inode numbers for other paths).
+    pub fn forget_package(&self, pkg: usize) {
+        let nodes = self.nodes.read().unwrap();
+        self.backed.write().unwrap().retain(|_, ino| {
+            !matches!(nodes.get(*ino as usize), Some(Node::Backed { pkg: p, .. }) if *p == pkg)
+        });
+    }
+
     /// The inode of a backed file, allocated on first sight.
     pub fn backed(&self, dev: u64, ino: u64, path: PathBuf, pkg: usize) -> u64 {
         if let Some(i) = self.backed.read().unwrap().get(&(dev, ino)) {

@@ -46,6 +46,8 @@ enum Handle {
     Backed {
         file: File,
         _backing: Option<Arc<BackingId>>,
+        /// The store entry pinned while the file is open.
+        pin: Option<String>,
     },
     Memory(Arc<Vec<u8>>),
 }
@@ -106,6 +108,33 @@ impl SpackFs {
             next_fh: AtomicU64::new(1),
             uid,
             gid,
+        }
+    }
+
+    /// For each package (by index): its directory's parent inode, name and inode, so that
+    /// the kernel can be told to forget an evicted package.
+    fn package_entries(&self) -> Vec<(u64, std::ffi::OsString, u64)> {
+        let mut out = vec![(0, std::ffi::OsString::new(), 0); self.live.packages().len()];
+        let mut stack = vec![ROOT];
+        while let Some(dir) = stack.pop() {
+            if let Some(Node::Dir { children }) = self.inodes.get(dir) {
+                for (name, &child) in &children {
+                    match self.inodes.get(child) {
+                        Some(Node::Dir { .. }) => stack.push(child),
+                        Some(Node::Package { pkg }) => out[pkg] = (dir, name.clone(), child),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// What eviction needs from the file system, taken before it moves into the session.
+    pub fn forgetter(&self) -> Forgetter {
+        Forgetter {
+            entries: self.package_entries(),
+            inodes: self.inodes.clone(),
         }
     }
 
@@ -256,6 +285,29 @@ impl SpackFs {
             _ if ino == ROOT => self.root_xattrs(),
             _ => Vec::new(),
         }
+    }
+}
+
+/// Makes the mount forget an evicted package: its inodes' cache paths, and the kernel's
+/// entries for its directory.
+pub struct Forgetter {
+    entries: Vec<(u64, std::ffi::OsString, u64)>,
+    inodes: Arc<Inodes>,
+}
+
+impl Forgetter {
+    /// The callback for the live catalog, given the session's notifier.
+    pub fn with_notifier(self, notifier: fuser::Notifier) -> Box<dyn Fn(usize) + Send + Sync> {
+        Box::new(move |pkg| {
+            self.inodes.forget_package(pkg);
+            if let Some((parent, name, ino)) = self.entries.get(pkg) {
+                let r1 = notifier.inval_entry(INodeNo(*parent), name);
+                let r2 = notifier.inval_inode(INodeNo(*ino), 0, -1);
+                tracing::debug!(
+                    "kernel told to forget {name:?} (parent {parent}, inode {ino}): {r1:?} {r2:?}"
+                );
+            }
+        })
     }
 }
 
@@ -414,10 +466,17 @@ impl Filesystem for SpackFs {
                     .insert(fh, Handle::Memory(data));
                 reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
             }
-            Some(Node::Backed { path, .. }) => {
+            Some(Node::Backed { path, pkg }) => {
+                // Open files keep their prefix from eviction.
+                let pin = self.live.pin(pkg);
                 let file = match File::open(&path) {
                     Ok(f) => f,
-                    Err(e) => return reply.error(io_errno(&e)),
+                    Err(e) => {
+                        if let Some(k) = pin {
+                            self.live.unpin(&k);
+                        }
+                        return reply.error(io_errno(&e));
+                    }
                 };
                 let fh = self.next_fh();
                 if self.passthrough.load(Ordering::Relaxed) {
@@ -439,6 +498,7 @@ impl Filesystem for SpackFs {
                                 Handle::Backed {
                                     file,
                                     _backing: Some(id),
+                                    pin,
                                 },
                             );
                             return;
@@ -454,6 +514,7 @@ impl Filesystem for SpackFs {
                     Handle::Backed {
                         file,
                         _backing: None,
+                        pin,
                     },
                 );
                 reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
@@ -524,7 +585,11 @@ impl Filesystem for SpackFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.handles.lock().unwrap().remove(&fh.0);
+        if let Some(Handle::Backed { pin: Some(key), .. }) =
+            self.handles.lock().unwrap().remove(&fh.0)
+        {
+            self.live.unpin(&key);
+        }
         reply.ok();
     }
 

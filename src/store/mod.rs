@@ -90,7 +90,12 @@ pub struct Store {
     bound: Option<Bound>,
     /// In-process pins: key → (count, the shared lock held while count > 0).
     pins: Mutex<HashMap<String, (usize, File)>>,
+    /// Told about every eviction (the mount forgets the package).
+    evict_hooks: Mutex<Vec<EvictHook>>,
 }
+
+/// A callback run for every evicted entry.
+pub type EvictHook = Box<dyn Fn(&EntryMeta) + Send + Sync>;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -110,6 +115,7 @@ impl Store {
             root: std::path::absolute(root).map_err(io(root))?,
             bound,
             pins: Mutex::new(HashMap::new()),
+            evict_hooks: Mutex::new(Vec::new()),
         };
         let _guard = store.global_lock()?;
         let staging = store.staging_dir();
@@ -149,6 +155,11 @@ impl Store {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Run `hook` for every entry this process evicts.
+    pub fn on_evict(&self, hook: EvictHook) {
+        self.evict_hooks.lock().unwrap().push(hook);
     }
 
     pub fn bound(&self) -> Option<Bound> {
@@ -394,6 +405,9 @@ impl Store {
                 l.meta.size,
                 l.meta.key
             );
+            for hook in self.evict_hooks.lock().unwrap().iter() {
+                hook(&l.meta);
+            }
             evicted.push(l.meta);
         }
         evicted

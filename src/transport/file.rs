@@ -82,6 +82,20 @@ impl BlobStore for FileStore {
         }
     }
 
+    async fn probe(&self) -> Result<(), TransportError> {
+        match tokio::fs::metadata(&self.root).await {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(TransportError::Unreachable {
+                mirror: self.url.clone(),
+                reason: "not a directory".into(),
+            }),
+            Err(e) => Err(TransportError::Unreachable {
+                mirror: self.url.clone(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<String>, TransportError> {
         let base = self.resolve(prefix.trim_end_matches('/'))?;
         let root = self.root.clone();

@@ -33,6 +33,8 @@ pub enum TransportError {
         path: String,
         limit: u64,
     },
+    #[error("mirror {mirror} is unreachable: {reason}")]
+    Unreachable { mirror: String, reason: String },
     #[error("unsupported mirror URL {0}")]
     UnsupportedUrl(String),
 }
@@ -53,6 +55,8 @@ pub trait BlobStore: Send + Sync {
     async fn get(&self, path: &str) -> Result<ByteStream, TransportError>;
     /// Size of the object at `path`, or `None` when it does not exist.
     async fn head(&self, path: &str) -> Result<Option<u64>, TransportError>;
+    /// Check that the mirror can be reached at all (its root exists / answers).
+    async fn probe(&self) -> Result<(), TransportError>;
     /// Paths (relative to the mirror root) of every object below `prefix`, recursively.
     /// Transports that cannot list return an empty list.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, TransportError>;
