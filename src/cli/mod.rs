@@ -573,7 +573,7 @@ pub(crate) async fn mount(
         .trim_end_matches('/')
         .to_string();
     let store = Arc::new(spackfs::store::Store::open(&opts.cache_dir, opts.bound)?);
-    let kept = store.index_path(&spackfs::transport::open(&cfg.url)?.url().to_string());
+    let kept = store.index_path(spackfs::transport::open(&cfg.url)?.url());
     let catalog = match open_catalog(cfg).await {
         Ok(c) => {
             // Keep the last good index, for mounts while the mirror is unreachable.
