@@ -545,8 +545,16 @@ impl Mounted {
     /// Unmount and wait for the FUSE threads.
     pub fn unmount(mut self) -> Result<()> {
         if let Some(s) = self.session.take() {
-            s.umount_and_join()
-                .with_context(|| format!("unmounting {}", self.path.display()))?;
+            if let Err(e) = s.umount_and_join() {
+                if e.raw_os_error() != Some(libc::EBUSY) {
+                    return Err(e).with_context(|| format!("unmounting {}", self.path.display()));
+                }
+                // Someone still uses the mount (a shell's cwd): detach it so that nothing is
+                // left mounted; its users get ENOTCONN once we exit.
+                tracing::warn!("{} is busy: detaching it lazily", self.path.display());
+                spackfs::fs::mount::unmount(&self.path)
+                    .with_context(|| format!("detaching {}", self.path.display()))?;
+            }
         }
         Ok(())
     }

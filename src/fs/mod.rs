@@ -564,6 +564,22 @@ impl Filesystem for SpackFs {
         }
     }
 
+    /// No ioctls (isatty() and friends get ENOTTY, quietly).
+    #[allow(clippy::too_many_arguments)]
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::from_i32(libc::ENOTTY));
+    }
+
     fn flush(
         &self,
         _req: &Request,

@@ -72,23 +72,26 @@ pub fn unmount(path: &Path) -> std::io::Result<()> {
 /// Check the mount point; clean up a stale mount left by a killed daemon.
 pub fn prepare_mountpoint(path: &Path) -> Result<PathBuf, MountError> {
     let path = std::path::absolute(path).map_err(|_| MountError::NotADirectory(path.into()))?;
-    match std::fs::metadata(&path) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            tracing::warn!(
-                "{}: stale mount of a dead daemon, unmounting it",
-                path.display()
-            );
-            unmount(&path).map_err(|source| MountError::Stale {
-                path: path.clone(),
-                source,
-            })?;
-        }
-        Ok(m) if m.is_dir() => {
-            if is_mounted(&path) {
-                return Err(MountError::AlreadyMounted(path));
-            }
-        }
-        _ => return Err(MountError::NotADirectory(path)),
+    // A dead FUSE daemon's mount answers ENOTCONN, but `stat` may still succeed from the
+    // kernel's attribute cache: ask with a request that always reaches the daemon.
+    let dead = std::fs::read_dir(&path)
+        .err()
+        .and_then(|e| e.raw_os_error())
+        == Some(libc::ENOTCONN);
+    if dead {
+        tracing::warn!(
+            "{}: stale mount of a dead daemon, unmounting it",
+            path.display()
+        );
+        unmount(&path).map_err(|source| MountError::Stale {
+            path: path.clone(),
+            source,
+        })?;
+    } else if is_mounted(&path) {
+        return Err(MountError::AlreadyMounted(path));
+    }
+    if !std::fs::metadata(&path).is_ok_and(|m| m.is_dir()) {
+        return Err(MountError::NotADirectory(path));
     }
     match std::fs::read_dir(&path) {
         Ok(mut d) => {
