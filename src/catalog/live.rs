@@ -377,7 +377,6 @@ impl LiveCatalog {
             tarball_sha256: meta.tarball_sha256.clone(),
             signer: meta.signer.clone(),
             size: 0,
-            files: Vec::new(),
         };
         let store = self.store.clone();
         let done = materialise::materialise(

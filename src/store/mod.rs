@@ -1,9 +1,12 @@
 //! The on-disk cache of ready prefixes, bounded, persistent and crash-safe.
 //!
 //! Layout: `prefixes/<key>/` holds a relocated prefix, published by one rename from
-//! `staging/` and only then recorded in `meta/<key>.json` (package, install root, size, file
-//! digests). The meta file's mtime is the entry's last use, so the bookkeeping is the
-//! directory itself: nothing to rebuild after a crash but orphans to drop. `locks/<key>` is
+//! `staging/`, then `digests/<key>.json` (per-file digests) and only then
+//! `meta/<key>.json` (package, install root, size): an entry exists once its meta does.
+//! `aliases/<id>` names the key of (package hash, install root, projection), so that a
+//! remount finds its prefixes without the mirror. The meta file's mtime is the entry's last
+//! use, so the bookkeeping is the directory itself: nothing to rebuild after a crash but
+//! orphans to drop. `locks/<key>` is
 //! held shared by every process using a prefix (pins); eviction needs it exclusively.
 //! `lock` serialises publishing and eviction across processes. The key is derived from
 //! what determines the bytes: the tarball's sha256 and the relocation target.
@@ -54,7 +57,6 @@ pub struct EntryMeta {
     pub signer: Option<String>,
     /// Disk usage in bytes.
     pub size: u64,
-    pub files: Vec<FileRecord>,
 }
 
 /// One entry as listed.
@@ -107,7 +109,9 @@ impl Store {
     /// Open (and create) the cache at `root`: remove staging leftovers of dead processes
     /// and prefixes that were never recorded (a crash between rename and bookkeeping).
     pub fn open(root: &Path, bound: Option<Bound>) -> Result<Self, StoreError> {
-        for d in ["prefixes", "staging", "meta", "locks", "index"] {
+        for d in [
+            "prefixes", "staging", "meta", "digests", "aliases", "locks", "index",
+        ] {
             let p = root.join(d);
             std::fs::create_dir_all(&p).map_err(io(&p))?;
         }
@@ -144,8 +148,35 @@ impl Store {
             .flatten()
         {
             let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(key) = name.strip_suffix(".json") {
-                if !store.prefix_path(key).is_dir() {
+            match name.strip_suffix(".json") {
+                Some(key) if !name.starts_with('.') && store.prefix_path(key).is_dir() => {}
+                _ => {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        // Integrity records and aliases of entries that are gone.
+        for (dir, key_of) in [
+            (
+                "digests",
+                (|n: &str, _: &Path| n.strip_suffix(".json").map(str::to_string))
+                    as fn(&str, &Path) -> Option<String>,
+            ),
+            ("aliases", |_: &str, p: &Path| {
+                std::fs::read_to_string(p)
+                    .ok()
+                    .map(|k| k.trim().to_string())
+            }),
+        ] {
+            for e in std::fs::read_dir(store.root.join(dir))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let keep = !name.starts_with('.')
+                    && key_of(&name, &e.path()).is_some_and(|k| store.meta_path(&k).is_file());
+                if !keep {
                     let _ = std::fs::remove_file(e.path());
                 }
             }
@@ -207,6 +238,21 @@ impl Store {
         self.root.join("index").join(format!("{id}.json"))
     }
 
+    fn digests_path(&self, key: &str) -> PathBuf {
+        self.root.join("digests").join(format!("{key}.json"))
+    }
+
+    fn alias_path(&self, hash: &str, root: &str, projection: &str) -> PathBuf {
+        let mut h = Sha256::new();
+        for part in [hash, root, projection] {
+            h.update(part.as_bytes());
+            h.update([0]);
+        }
+        self.root
+            .join("aliases")
+            .join(hex::encode(&h.finalize()[..16]))
+    }
+
     fn read_meta(&self, key: &str) -> Option<EntryMeta> {
         let b = std::fs::read(self.meta_path(key)).ok()?;
         serde_json::from_slice(&b).ok()
@@ -226,18 +272,10 @@ impl Store {
     /// The ready prefix of package `hash` relocated for `root` with `projection`, found
     /// without the mirror (offline remounts).
     pub fn find(&self, hash: &str, root: &str, projection: &str) -> Option<(PathBuf, EntryMeta)> {
-        for e in std::fs::read_dir(self.root.join("meta")).ok()?.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let Some(key) = name.strip_suffix(".json") else {
-                continue;
-            };
-            if let Some(m) = self.read_meta(key) {
-                if m.hash == hash && m.root == root && m.projection == projection {
-                    return self.lookup(key);
-                }
-            }
-        }
-        None
+        let key = std::fs::read_to_string(self.alias_path(hash, root, projection)).ok()?;
+        let (path, meta) = self.lookup(key.trim())?;
+        (meta.hash == hash && meta.root == root && meta.projection == projection)
+            .then_some((path, meta))
     }
 
     /// Record a use of an entry (its meta file's mtime is its last use).
@@ -251,7 +289,6 @@ impl Store {
     /// place, then record it. Returns false when the key was published meanwhile.
     pub fn publish(&self, staged: &Path, mut meta: EntryMeta) -> Result<bool, StoreError> {
         let (files, size) = digest::records(staged).map_err(io(staged))?;
-        meta.files = files;
         meta.size = size;
         let _guard = self.global_lock()?;
         let dest = self.prefix_path(&meta.key);
@@ -276,16 +313,19 @@ impl Store {
             remove_tree(&dest);
         }
         std::fs::rename(staged, &dest).map_err(io(&dest))?;
-        self.write_meta(&meta)?;
+        write_atomic(
+            &self.digests_path(&meta.key),
+            &serde_json::to_vec(&files).expect("digests serialise"),
+        )?;
+        write_atomic(
+            &self.meta_path(&meta.key),
+            &serde_json::to_vec(&meta).expect("meta serialises"),
+        )?;
+        write_atomic(
+            &self.alias_path(&meta.hash, &meta.root, &meta.projection),
+            meta.key.as_bytes(),
+        )?;
         Ok(true)
-    }
-
-    fn write_meta(&self, meta: &EntryMeta) -> Result<(), StoreError> {
-        let p = self.meta_path(&meta.key);
-        let tmp = self.root.join("meta").join(format!(".{}.tmp", meta.key));
-        let data = serde_json::to_vec(meta).expect("meta serialises");
-        std::fs::write(&tmp, data).map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &p).map_err(io(&p))
     }
 
     /// Every entry, least recently used first.
@@ -416,7 +456,14 @@ impl Store {
     /// Remove an entry: bookkeeping first, then the tree (moved aside, so that no reader
     /// ever sees half of it).
     pub fn remove_entry(&self, key: &str) {
+        if let Some(m) = self.read_meta(key) {
+            let alias = self.alias_path(&m.hash, &m.root, &m.projection);
+            if std::fs::read_to_string(&alias).is_ok_and(|k| k.trim() == key) {
+                let _ = std::fs::remove_file(alias);
+            }
+        }
         let _ = std::fs::remove_file(self.meta_path(key));
+        let _ = std::fs::remove_file(self.digests_path(key));
         let p = self.prefix_path(key);
         let aside = self
             .staging_dir()
@@ -449,7 +496,14 @@ impl Store {
 
     /// What is wrong with an entry, if anything.
     pub fn check(&self, meta: &EntryMeta, deep: bool) -> Option<String> {
-        digest::check(&self.prefix_path(&meta.key), &meta.files, deep)
+        let files: Vec<FileRecord> = match std::fs::read(self.digests_path(&meta.key))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+        {
+            Some(f) => f,
+            None => return Some("its integrity record is missing or unreadable".into()),
+        };
+        digest::check(&self.prefix_path(&meta.key), &files, deep)
     }
 }
 
@@ -464,6 +518,14 @@ pub fn prefix_key(tarball_sha256: &str, root: &str, target_prefixes: &[String]) 
         h.update(p.as_bytes());
     }
     hex::encode(&h.finalize()[..16])
+}
+
+/// Write a file by rename, so that readers see all of it or nothing.
+fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StoreError> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, data).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
 }
 
 fn process_alive(pid: i32) -> bool {
