@@ -492,13 +492,7 @@ fn build_package(
     )?;
     set_mode(&script, 0o755)?;
     let sbang_script = dir.join(format!("bin/{}-report", p.name));
-    let sbang = format!(
-        "{}/bin/sbang",
-        buildpath
-            .split("/__spack_path_placeholder__")
-            .next()
-            .unwrap_or(buildpath)
-    );
+    let sbang = spackfs::writer::sbang_install_path(buildpath);
     bytes += write(
         &sbang_script,
         format!(

@@ -29,6 +29,26 @@ use inodes::{Inodes, Node, ROOT};
 /// Entries and attributes never change while mounted.
 const TTL: Duration = Duration::from_secs(24 * 3600);
 
+/// Directory contents never change: let the kernel cache them.
+const DIR_FLAGS: FopenFlags = FopenFlags::FOPEN_CACHE_DIR.union(FopenFlags::FOPEN_KEEP_CACHE);
+
+/// A reply that can carry an errno (what a parked request answers when its package fails).
+trait ErrorReply {
+    fn fail(self, e: Errno);
+}
+
+impl ErrorReply for ReplyEntry {
+    fn fail(self, e: Errno) {
+        self.error(e)
+    }
+}
+
+impl ErrorReply for ReplyOpen {
+    fn fail(self, e: Errno) {
+        self.error(e)
+    }
+}
+
 /// How file reads are served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadMode {
@@ -199,21 +219,23 @@ impl SpackFs {
         Ok(backed_attr(ino, &m))
     }
 
-    /// Run `f` with the ready path of package `pkg`, now or (parked) once it is ready.
-    fn with_ready<F>(&self, pkg: usize, f: F, on_err: impl FnOnce(Errno) + Send + 'static)
+    /// Answer `reply` with `f` and the ready path of package `pkg`: now, or (parked on
+    /// the runtime) once the package is ready; with its errno if it fails.
+    fn with_ready<R, F>(&self, pkg: usize, reply: R, f: F)
     where
-        F: FnOnce(&Path) + Send + 'static,
+        R: ErrorReply + Send + 'static,
+        F: FnOnce(&Path, R) + Send + 'static,
     {
         let hash = self.live.packages()[pkg].node.hash.clone();
         if let Some(path) = self.live.ready_path(&hash) {
-            f(&path);
+            f(&path, reply);
             return;
         }
         let live = self.live.clone();
         self.rt.spawn(async move {
             match live.ensure(&hash).await {
-                Ok(path) => f(&path),
-                Err(failure) => on_err(Errno::from_i32(failure.errno)),
+                Ok(path) => f(&path, reply),
+                Err(failure) => reply.fail(Errno::from_i32(failure.errno)),
             }
         });
     }
@@ -406,24 +428,12 @@ impl Filesystem for SpackFs {
             Some(Node::Package { pkg }) => {
                 let inodes = self.inodes.clone();
                 let name = name.to_os_string();
-                let reply = Arc::new(Mutex::new(Some(reply)));
-                let r2 = reply.clone();
-                self.with_ready(
-                    pkg,
-                    move |dir| {
-                        if let Some(reply) = reply.lock().unwrap().take() {
-                            match Self::lookup_backed(&inodes, dir, &name, pkg) {
-                                Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
-                                Err(e) => reply.error(e),
-                            }
-                        }
-                    },
-                    move |e| {
-                        if let Some(reply) = r2.lock().unwrap().take() {
-                            reply.error(e)
-                        }
-                    },
-                );
+                self.with_ready(pkg, reply, move |dir, reply| {
+                    match Self::lookup_backed(&inodes, dir, &name, pkg) {
+                        Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+                        Err(e) => reply.error(e),
+                    }
+                });
             }
             Some(Node::Backed { path, pkg }) => {
                 match Self::lookup_backed(&self.inodes, &path, name, pkg) {
@@ -635,48 +645,27 @@ impl Filesystem for SpackFs {
                     })
                     .collect();
                 self.dirs.lock().unwrap().insert(fh, Arc::new(entries));
-                reply.opened(
-                    FileHandle(fh),
-                    FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-                );
+                reply.opened(FileHandle(fh), DIR_FLAGS);
             }
             Some(Node::Backed { path, pkg }) => match list(&path, pkg, &self.inodes) {
                 Ok(entries) => {
                     self.dirs.lock().unwrap().insert(fh, Arc::new(entries));
-                    reply.opened(
-                        FileHandle(fh),
-                        FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-                    );
+                    reply.opened(FileHandle(fh), DIR_FLAGS);
                 }
                 Err(e) => reply.error(e),
             },
             Some(Node::Package { pkg }) => {
                 let inodes = self.inodes.clone();
                 let dirs = self.dirs.clone();
-                let reply = Arc::new(Mutex::new(Some(reply)));
-                let r2 = reply.clone();
-                self.with_ready(
-                    pkg,
-                    move |dir| {
-                        if let Some(reply) = reply.lock().unwrap().take() {
-                            match list(dir, pkg, &inodes) {
-                                Ok(entries) => {
-                                    dirs.lock().unwrap().insert(fh, Arc::new(entries));
-                                    reply.opened(
-                                        FileHandle(fh),
-                                        FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-                                    );
-                                }
-                                Err(e) => reply.error(e),
-                            }
+                self.with_ready(pkg, reply, move |dir, reply| {
+                    match list(dir, pkg, &inodes) {
+                        Ok(entries) => {
+                            dirs.lock().unwrap().insert(fh, Arc::new(entries));
+                            reply.opened(FileHandle(fh), DIR_FLAGS);
                         }
-                    },
-                    move |e| {
-                        if let Some(reply) = r2.lock().unwrap().take() {
-                            reply.error(e)
-                        }
-                    },
-                );
+                        Err(e) => reply.error(e),
+                    }
+                });
             }
             Some(Node::File { .. }) => reply.error(Errno::ENOTDIR),
             None => reply.error(Errno::ENOENT),

@@ -232,13 +232,7 @@ impl MirrorWriter {
         relocation_set: &[(String, String)],
     ) -> Result<BlobRecord, WriteError> {
         let mut prefixes: Vec<String> = relocation_set.iter().map(|(_, p)| p.clone()).collect();
-        let sbang = format!(
-            "{}/bin/sbang",
-            buildpath
-                .split("/__spack_path_placeholder__")
-                .next()
-                .unwrap_or(buildpath)
-        );
+        let sbang = sbang_install_path(buildpath);
         prefixes.push(sbang.clone());
         prefixes.push(buildpath.to_string());
         let lists = classify(content_dir, &prefixes).map_err(io(content_dir))?;
@@ -320,6 +314,15 @@ fn yaml_str(s: &str) -> String {
     } else {
         format!("'{}'", s.replace('\'', "''"))
     }
+}
+
+/// Spack's `sbang_install_path` for a (possibly padded) build root: `<unpadded root>/bin/sbang`.
+pub fn sbang_install_path(buildpath: &str) -> String {
+    let unpadded = buildpath
+        .split("/__spack_path_placeholder__")
+        .next()
+        .unwrap_or(buildpath);
+    format!("{unpadded}/bin/sbang")
 }
 
 /// gzip at level 6 with an empty header, as Spack writes its blobs.
