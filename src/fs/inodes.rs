@@ -12,7 +12,10 @@ use std::sync::{Arc, RwLock};
 #[derive(Debug, Clone)]
 pub enum Node {
     /// A directory made of other nodes (root, projection levels, `bin`, `.spack-db`).
-    Dir { children: BTreeMap<OsString, u64> },
+    /// Shared, so that reading a node never copies a large directory.
+    Dir {
+        children: Arc<BTreeMap<OsString, u64>>,
+    },
     /// A file held in memory.
     File { data: Arc<Vec<u8>>, mode: u16 },
     /// The top directory of a package (index into the live catalog's packages).
@@ -37,10 +40,10 @@ impl Inodes {
         {
             let mut n = t.nodes.write().unwrap();
             n.push(Node::Dir {
-                children: BTreeMap::new(),
+                children: Arc::default(),
             }); // index 0: unused
             n.push(Node::Dir {
-                children: BTreeMap::new(),
+                children: Arc::default(),
             }); // ROOT
         }
         t
@@ -72,14 +75,14 @@ impl Inodes {
                 leaf.clone()
             } else {
                 Node::Dir {
-                    children: BTreeMap::new(),
+                    children: Arc::default(),
                 }
             };
             let ino = self.push(node);
             if let Some(Node::Dir { children }) =
                 self.nodes.write().unwrap().get_mut(parent as usize)
             {
-                children.insert(OsString::from(comp), ino);
+                Arc::make_mut(children).insert(OsString::from(comp), ino);
             }
             parent = ino;
         }

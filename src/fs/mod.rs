@@ -138,7 +138,7 @@ impl SpackFs {
         let mut stack = vec![ROOT];
         while let Some(dir) = stack.pop() {
             if let Some(Node::Dir { children }) = self.inodes.get(dir) {
-                for (name, &child) in &children {
+                for (name, &child) in children.iter() {
                     match self.inodes.get(child) {
                         Some(Node::Dir { .. }) => stack.push(child),
                         Some(Node::Package { pkg }) => out[pkg] = (dir, name.clone(), child),
