@@ -24,11 +24,17 @@ pub enum Node {
     Backed { path: PathBuf, pkg: usize },
 }
 
+/// The entries of a directory: (inode, kind, name).
+pub type Listing = Arc<Vec<(u64, fuser::FileType, OsString)>>;
+
 /// The inode table.
 #[derive(Default)]
 pub struct Inodes {
     nodes: RwLock<Vec<Node>>,
     backed: RwLock<HashMap<(u64, u64), u64>>,
+    /// Listings of package directories (immutable while the package is cached), by inode,
+    /// with the package they belong to.
+    listings: RwLock<HashMap<u64, (usize, Listing)>>,
 }
 
 pub const ROOT: u64 = 1;
@@ -100,10 +106,25 @@ impl Inodes {
     /// Forget which cache files the inodes of package `pkg` stand for (after eviction: the
     /// next copy of the prefix may reuse the disk's inode numbers for other paths).
     pub fn forget_package(&self, pkg: usize) {
+        self.listings.write().unwrap().retain(|_, (p, _)| *p != pkg);
         let nodes = self.nodes.read().unwrap();
         self.backed.write().unwrap().retain(|_, ino| {
             !matches!(nodes.get(*ino as usize), Some(Node::Backed { pkg: p, .. }) if *p == pkg)
         });
+    }
+
+    /// The cached listing of directory `ino`.
+    pub fn listing(&self, ino: u64) -> Option<Listing> {
+        self.listings
+            .read()
+            .unwrap()
+            .get(&ino)
+            .map(|(_, l)| l.clone())
+    }
+
+    /// Remember the listing of directory `ino` of package `pkg`.
+    pub fn set_listing(&self, ino: u64, pkg: usize, listing: Listing) {
+        self.listings.write().unwrap().insert(ino, (pkg, listing));
     }
 
     /// The inode of a backed file, allocated on first sight.

@@ -59,7 +59,7 @@ pub enum ReadMode {
 }
 
 /// The entries of an open directory.
-type DirEntries = Arc<Vec<(u64, FileType, std::ffi::OsString)>>;
+type DirEntries = inodes::Listing;
 
 /// An open file.
 enum Handle {
@@ -376,6 +376,55 @@ fn backed_attr(ino: u64, m: &std::fs::Metadata) -> FileAttr {
     }
 }
 
+/// The entries of cache directory `dir` (inode `ino` of package `pkg`), listed once and
+/// then kept: a cached prefix never changes.
+fn listing(inodes: &Inodes, ino: u64, dir: &Path, pkg: usize) -> Result<inodes::Listing, Errno> {
+    if let Some(l) = inodes.listing(ino) {
+        return Ok(l);
+    }
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(|e| io_errno(&e))? {
+        let e = e.map_err(|e| io_errno(&e))?;
+        let m = e.metadata().map_err(|e| io_errno(&e))?;
+        let child = inodes.backed(m.dev(), m.ino(), e.path(), pkg);
+        out.push((child, file_type(&m), e.file_name()));
+    }
+    out.sort_by(|a, b| a.2.cmp(&b.2));
+    let out = Arc::new(out);
+    inodes.set_listing(ino, pkg, out.clone());
+    Ok(out)
+}
+
+/// Answer a lookup. Names that do not exist get a negative entry with the long TTL, so
+/// that the kernel remembers them: everything here is immutable (an evicted package's
+/// entries are invalidated as a whole), and loaders probe many absent names.
+fn answer_lookup(reply: ReplyEntry, found: Result<FileAttr, Errno>) {
+    match found {
+        Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+        Err(e) if e == Errno::ENOENT => {
+            let negative = FileAttr {
+                ino: INodeNo(0),
+                size: 0,
+                blocks: 0,
+                atime: UNIX_EPOCH,
+                mtime: UNIX_EPOCH,
+                ctime: UNIX_EPOCH,
+                crtime: UNIX_EPOCH,
+                kind: FileType::RegularFile,
+                perm: 0,
+                nlink: 0,
+                uid: 0,
+                gid: 0,
+                rdev: 0,
+                blksize: 0,
+                flags: 0,
+            };
+            reply.entry(&TTL, &negative, Generation(0));
+        }
+        Err(e) => reply.error(e),
+    }
+}
+
 fn reply_xattr(values: Vec<(String, Vec<u8>)>, name: Option<&OsStr>, size: u32, reply: ReplyXattr) {
     let data = match name {
         Some(n) => match values
@@ -417,29 +466,26 @@ impl Filesystem for SpackFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.inodes.get(parent.0) {
-            Some(Node::Dir { .. }) => match self.inodes.child(parent.0, name) {
-                Some(ino) => match self.inodes.get(ino).map(|n| self.attr_of(ino, &n)) {
-                    Some(Ok(attr)) => reply.entry(&TTL, &attr, Generation(0)),
-                    Some(Err(e)) => reply.error(e),
-                    None => reply.error(Errno::ENOENT),
-                },
-                None => reply.error(Errno::ENOENT),
-            },
+            Some(Node::Dir { .. }) => {
+                let found = self
+                    .inodes
+                    .child(parent.0, name)
+                    .ok_or(Errno::ENOENT)
+                    .and_then(|ino| match self.inodes.get(ino) {
+                        Some(n) => self.attr_of(ino, &n),
+                        None => Err(Errno::ENOENT),
+                    });
+                answer_lookup(reply, found);
+            }
             Some(Node::Package { pkg }) => {
                 let inodes = self.inodes.clone();
                 let name = name.to_os_string();
                 self.with_ready(pkg, reply, move |dir, reply| {
-                    match Self::lookup_backed(&inodes, dir, &name, pkg) {
-                        Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
-                        Err(e) => reply.error(e),
-                    }
+                    answer_lookup(reply, Self::lookup_backed(&inodes, dir, &name, pkg))
                 });
             }
             Some(Node::Backed { path, pkg }) => {
-                match Self::lookup_backed(&self.inodes, &path, name, pkg) {
-                    Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
-                    Err(e) => reply.error(e),
-                }
+                answer_lookup(reply, Self::lookup_backed(&self.inodes, &path, name, pkg))
             }
             _ => reply.error(Errno::ENOENT),
         }
@@ -620,17 +666,6 @@ impl Filesystem for SpackFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let list = |dir: &Path, pkg: usize, inodes: &Inodes| -> Result<Vec<_>, Errno> {
-            let mut out = Vec::new();
-            for e in std::fs::read_dir(dir).map_err(|e| io_errno(&e))? {
-                let e = e.map_err(|e| io_errno(&e))?;
-                let m = e.metadata().map_err(|e| io_errno(&e))?;
-                let ino = inodes.backed(m.dev(), m.ino(), e.path(), pkg);
-                out.push((ino, file_type(&m), e.file_name()));
-            }
-            out.sort_by(|a, b| a.2.cmp(&b.2));
-            Ok(out)
-        };
         let fh = self.next_fh();
         match self.inodes.get(ino.0) {
             Some(Node::Dir { children }) => {
@@ -647,9 +682,9 @@ impl Filesystem for SpackFs {
                 self.dirs.lock().unwrap().insert(fh, Arc::new(entries));
                 reply.opened(FileHandle(fh), DIR_FLAGS);
             }
-            Some(Node::Backed { path, pkg }) => match list(&path, pkg, &self.inodes) {
+            Some(Node::Backed { path, pkg }) => match listing(&self.inodes, ino.0, &path, pkg) {
                 Ok(entries) => {
-                    self.dirs.lock().unwrap().insert(fh, Arc::new(entries));
+                    self.dirs.lock().unwrap().insert(fh, entries);
                     reply.opened(FileHandle(fh), DIR_FLAGS);
                 }
                 Err(e) => reply.error(e),
@@ -658,9 +693,9 @@ impl Filesystem for SpackFs {
                 let inodes = self.inodes.clone();
                 let dirs = self.dirs.clone();
                 self.with_ready(pkg, reply, move |dir, reply| {
-                    match list(dir, pkg, &inodes) {
+                    match listing(&inodes, ino.0, dir, pkg) {
                         Ok(entries) => {
-                            dirs.lock().unwrap().insert(fh, Arc::new(entries));
+                            dirs.lock().unwrap().insert(fh, entries);
                             reply.opened(FileHandle(fh), DIR_FLAGS);
                         }
                         Err(e) => reply.error(e),
