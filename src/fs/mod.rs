@@ -64,7 +64,7 @@ type DirEntries = inodes::Listing;
 /// An open file.
 enum Handle {
     Backed {
-        file: File,
+        file: Arc<File>,
         _backing: Option<Arc<BackingId>>,
         /// The store entry pinned while the file is open.
         pin: Option<String>,
@@ -552,7 +552,7 @@ impl Filesystem for SpackFs {
                             self.handles.lock().unwrap().insert(
                                 fh,
                                 Handle::Backed {
-                                    file,
+                                    file: Arc::new(file),
                                     _backing: Some(id),
                                     pin,
                                 },
@@ -568,7 +568,7 @@ impl Filesystem for SpackFs {
                 self.handles.lock().unwrap().insert(
                     fh,
                     Handle::Backed {
-                        file,
+                        file: Arc::new(file),
                         _backing: None,
                         pin,
                     },
@@ -599,10 +599,7 @@ impl Filesystem for SpackFs {
                 reply.data(&data[start..end]);
             }
             Some(Handle::Backed { file, .. }) => {
-                let file = match file.try_clone() {
-                    Ok(f) => f,
-                    Err(e) => return reply.error(io_errno(&e)),
-                };
+                let file = file.clone();
                 drop(handles);
                 let mut buf = vec![0u8; size as usize];
                 let mut n = 0;

@@ -5,6 +5,7 @@
 //! Every test binary includes this module and uses only part of it.
 #![allow(dead_code)]
 
+pub mod cache;
 pub mod mirror;
 pub mod mount;
 pub mod reference;
