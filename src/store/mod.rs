@@ -181,6 +181,13 @@ impl Store {
                 }
             }
         }
+        // Every entry is findable by its alias (repairs a cache whose alias was lost).
+        for l in store.list() {
+            let alias = store.alias_path(&l.meta.hash, &l.meta.root, &l.meta.projection);
+            if !alias.exists() {
+                write_atomic(&alias, l.meta.key.as_bytes())?;
+            }
+        }
         Ok(store)
     }
 
@@ -317,13 +324,15 @@ impl Store {
             &self.digests_path(&meta.key),
             &serde_json::to_vec(&files).expect("digests serialise"),
         )?;
-        write_atomic(
-            &self.meta_path(&meta.key),
-            &serde_json::to_vec(&meta).expect("meta serialises"),
-        )?;
+        // The alias before the meta: the meta commits the entry, and a crash before it
+        // leaves only orphans that `open` drops.
         write_atomic(
             &self.alias_path(&meta.hash, &meta.root, &meta.projection),
             meta.key.as_bytes(),
+        )?;
+        write_atomic(
+            &self.meta_path(&meta.key),
+            &serde_json::to_vec(&meta).expect("meta serialises"),
         )?;
         Ok(true)
     }
