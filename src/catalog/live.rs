@@ -80,6 +80,8 @@ pub struct LiveCatalog {
     slots: Mutex<HashMap<String, Slot>>,
     backoff: Duration,
     mounted_at: SystemTime,
+    /// The order of recorded uses: a counter, and its value at each prefix's last use.
+    last_use: Mutex<(u64, HashMap<String, u64>)>,
     /// Drops the kernel's entries of an evicted package (set by the mount).
     invalidator: std::sync::OnceLock<Box<dyn Fn(usize) + Send + Sync>>,
 }
@@ -117,6 +119,7 @@ impl LiveCatalog {
             backoff,
             mounted_at: SystemTime::now(),
             invalidator: std::sync::OnceLock::new(),
+            last_use: Mutex::new((0, HashMap::new())),
         }
     }
 
@@ -203,6 +206,60 @@ impl LiveCatalog {
             Some(Slot::Idle(State::Ready { path, .. })) => Some(path.clone()),
             _ => None,
         }
+    }
+
+    /// Package `pkg` was found ready but its prefix is gone from the cache (evicted or
+    /// removed by another process, e.g. `spackfs cache gc|verify`): forget it, so that its
+    /// next touch materialises it again. Returns whether it was lost.
+    pub fn lost(&self, pkg: usize) -> bool {
+        let Some(p) = self.packages.get(pkg) else {
+            return false;
+        };
+        let mut slots = self.slots.lock().unwrap();
+        let gone = matches!(
+            slots.get(&p.node.hash),
+            Some(Slot::Idle(State::Ready { path, .. })) if !path.is_dir()
+        );
+        if gone {
+            slots.remove(&p.node.hash);
+            drop(slots);
+            tracing::info!(
+                "{}: its cached prefix was removed; it will be fetched again",
+                p.node.display()
+            );
+            if let Some(inval) = self.invalidator.get() {
+                inval(pkg);
+            }
+        }
+        gone
+    }
+
+    /// Is package `pkg` ready (as far as this mount knows)?
+    pub fn is_ready(&self, pkg: usize) -> bool {
+        self.packages
+            .get(pkg)
+            .is_some_and(|p| self.ready_path(&p.node.hash).is_some())
+    }
+
+    /// Record a use of package `pkg` for the cache's LRU order. Repeated uses of the same
+    /// prefix with no other use in between are recorded once (no syscall in hot loops).
+    pub fn note_use(&self, pkg: usize) {
+        let Some(p) = self.packages.get(pkg) else {
+            return;
+        };
+        let key = match self.slots.lock().unwrap().get(&p.node.hash) {
+            Some(Slot::Idle(State::Ready { key, .. })) => key.clone(),
+            _ => return,
+        };
+        let mut last = self.last_use.lock().unwrap();
+        let (seq, by_key) = &mut *last;
+        if by_key.get(&key) == Some(seq) {
+            return;
+        }
+        *seq += 1;
+        by_key.insert(key.clone(), *seq);
+        drop(last);
+        self.store.touch(&key);
     }
 
     /// Start materialising a package unless it is ready, in flight, or failed recently;

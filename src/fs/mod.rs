@@ -228,8 +228,11 @@ impl SpackFs {
     {
         let hash = self.live.packages()[pkg].node.hash.clone();
         if let Some(path) = self.live.ready_path(&hash) {
-            f(&path, reply);
-            return;
+            if !self.live.lost(pkg) {
+                self.live.note_use(pkg);
+                f(&path, reply);
+                return;
+            }
         }
         let live = self.live.clone();
         self.rt.spawn(async move {
@@ -238,6 +241,18 @@ impl SpackFs {
                 Err(failure) => reply.fail(Errno::from_i32(failure.errno)),
             }
         });
+    }
+
+    /// An error met on a node inside a package: when it is ENOENT because the whole prefix
+    /// left the cache (evicted, even by us, since the kernel looked the node up), the
+    /// package is forgotten and the process gets ESTALE, on which the kernel walks the path
+    /// again (and the package is materialised again).
+    fn stale_or(&self, pkg: usize, e: Errno) -> Errno {
+        if e == Errno::ENOENT && (self.live.lost(pkg) || !self.live.is_ready(pkg)) {
+            Errno::ESTALE
+        } else {
+            e
+        }
     }
 
     fn package_xattrs(&self, pkg: usize) -> Vec<(String, Vec<u8>)> {
@@ -479,31 +494,43 @@ impl Filesystem for SpackFs {
             }
             Some(Node::Package { pkg }) => {
                 let inodes = self.inodes.clone();
+                let live = self.live.clone();
                 let name = name.to_os_string();
                 self.with_ready(pkg, reply, move |dir, reply| {
-                    answer_lookup(reply, Self::lookup_backed(&inodes, dir, &name, pkg))
+                    let found = match Self::lookup_backed(&inodes, dir, &name, pkg) {
+                        Err(e) if e == Errno::ENOENT && live.lost(pkg) => Err(Errno::ESTALE),
+                        r => r,
+                    };
+                    answer_lookup(reply, found)
                 });
             }
             Some(Node::Backed { path, pkg }) => {
-                answer_lookup(reply, Self::lookup_backed(&self.inodes, &path, name, pkg))
+                let found = Self::lookup_backed(&self.inodes, &path, name, pkg)
+                    .map_err(|e| self.stale_or(pkg, e));
+                answer_lookup(reply, found)
             }
             _ => reply.error(Errno::ENOENT),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.inodes.get(ino.0).map(|n| self.attr_of(ino.0, &n)) {
-            Some(Ok(attr)) => reply.attr(&TTL, &attr),
-            Some(Err(e)) => reply.error(e),
+        match self.inodes.get(ino.0) {
+            Some(node) => match self.attr_of(ino.0, &node) {
+                Ok(attr) => reply.attr(&TTL, &attr),
+                Err(e) => match node {
+                    Node::Backed { pkg, .. } => reply.error(self.stale_or(pkg, e)),
+                    _ => reply.error(e),
+                },
+            },
             None => reply.error(Errno::ENOENT),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         match self.inodes.get(ino.0) {
-            Some(Node::Backed { path, .. }) => match std::fs::read_link(&path) {
+            Some(Node::Backed { path, pkg }) => match std::fs::read_link(&path) {
                 Ok(t) => reply.data(t.as_os_str().as_bytes()),
-                Err(e) => reply.error(io_errno(&e)),
+                Err(e) => reply.error(self.stale_or(pkg, io_errno(&e))),
             },
             _ => reply.error(Errno::EINVAL),
         }
@@ -525,13 +552,14 @@ impl Filesystem for SpackFs {
             Some(Node::Backed { path, pkg }) => {
                 // Open files keep their prefix from eviction.
                 let pin = self.live.pin(pkg);
+                self.live.note_use(pkg);
                 let file = match File::open(&path) {
                     Ok(f) => f,
                     Err(e) => {
                         if let Some(k) = pin {
                             self.live.unpin(&k);
                         }
-                        return reply.error(io_errno(&e));
+                        return reply.error(self.stale_or(pkg, io_errno(&e)));
                     }
                 };
                 let fh = self.next_fh();
@@ -546,17 +574,19 @@ impl Filesystem for SpackFs {
                         Ok(id) => {
                             ids.insert(ino.0, Arc::downgrade(&id));
                             drop(ids);
-                            // The kernel refuses FOPEN_KEEP_CACHE with passthrough (EIO); the
-                            // backing file's own page cache serves repeat reads anyway.
-                            reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+                            // Registered before the reply: the release may come at once,
+                            // on another thread, and must find the handle (and its pin).
                             self.handles.lock().unwrap().insert(
                                 fh,
                                 Handle::Backed {
                                     file: Arc::new(file),
-                                    _backing: Some(id),
+                                    _backing: Some(id.clone()),
                                     pin,
                                 },
                             );
+                            // The kernel refuses FOPEN_KEEP_CACHE with passthrough (EIO); the
+                            // backing file's own page cache serves repeat reads anyway.
+                            reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
                             return;
                         }
                         Err(e) => {
@@ -684,7 +714,7 @@ impl Filesystem for SpackFs {
                     self.dirs.lock().unwrap().insert(fh, entries);
                     reply.opened(FileHandle(fh), DIR_FLAGS);
                 }
-                Err(e) => reply.error(e),
+                Err(e) => reply.error(self.stale_or(pkg, e)),
             },
             Some(Node::Package { pkg }) => {
                 let inodes = self.inodes.clone();
