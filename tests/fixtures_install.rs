@@ -8,17 +8,8 @@ use std::path::Path;
 
 use common::{
     expected_greet_output, fixtures, inode, path_str, run_program, spackfs, FixtureCache, Fixtures,
-    FIXTURE_FPR, V2_SIGNED, V3_SIGNED, V3_UNSIGNED,
+    FIXTURE_FPR, GREET_PROGRAMS, V2_SIGNED, V3_SIGNED, V3_UNSIGNED,
 };
-
-/// The programs of fixture-greet that must all print the greeting.
-const GREET_PROGRAMS: [&str; 5] = [
-    "bin/greet",
-    "bin/greet-hard",
-    "bin/greet-abs",
-    "bin/greet-rel",
-    "bin/greet-wrapper.sh",
-];
 
 fn install_greet_and_bulk(cache: &FixtureCache, fx: &Fixtures, root: &Path) {
     let run = cache.install(fx, root, &["fixture-greet", "fixture-bulk"]);

@@ -28,17 +28,8 @@ use common::mount::{
 use common::tarball::gzip_stored;
 use common::{
     expected_greet_output, fixtures, path_str, run_program, FixtureCache, Fixtures, Run,
-    FIXTURE_FPR, V2_SIGNED, V3_SIGNED, V3_UNSIGNED,
+    FIXTURE_FPR, GREET_PROGRAMS, V2_SIGNED, V3_SIGNED, V3_UNSIGNED,
 };
-
-/// The programs of fixture-greet that must all print the greeting.
-const GREET_PROGRAMS: [&str; 5] = [
-    "bin/greet",
-    "bin/greet-hard",
-    "bin/greet-abs",
-    "bin/greet-rel",
-    "bin/greet-wrapper.sh",
-];
 
 /// Files of fixture-bulk compared with an install: relocated text (with the prefix), a
 /// binary-looking but UTF-8 file with the prefix, and files that hold no prefix.

@@ -286,6 +286,15 @@ pub fn collapse_slashes(s: &str) -> String {
     out
 }
 
+/// The programs of fixture-greet that must all print the greeting.
+pub const GREET_PROGRAMS: [&str; 5] = [
+    "bin/greet",
+    "bin/greet-hard",
+    "bin/greet-abs",
+    "bin/greet-rel",
+    "bin/greet-wrapper.sh",
+];
+
 /// The five lines `bin/greet` prints after correct relocation (fixtures README).
 pub fn expected_greet_output(greet_prefix: &Path, libgreet_prefix: &Path) -> String {
     format!(
