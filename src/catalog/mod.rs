@@ -574,12 +574,14 @@ impl Catalog {
         })?;
         let root = dag.root_node();
         let tarball_path = layout::v2_tarball(root, dag.compiler_of(root).as_ref());
+        // v2 spec files carry no size: ask the transport (cheap, and it catches truncation).
+        let tarball_size = self.store.head(&tarball_path).await?;
         Ok(Some(PackageMeta {
             dag,
             layout: Layout::V2,
             tarball_path,
             tarball_sha256: sha,
-            tarball_size: None,
+            tarball_size,
             signer,
             verify_time,
         }))
