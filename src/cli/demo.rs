@@ -247,6 +247,9 @@ pub async fn run(workdir: Option<PathBuf>) -> Result<ExitCode> {
         Err(e) => Err(e),
     };
     println!(
+        "    (the leading slashes are Spack's relocation at work: a C string compiled in for the\n     longer build prefix keeps its length, padded with '/', which paths ignore)"
+    );
+    println!(
         "==> first run took {:.3}s; per package:",
         elapsed.as_secs_f64()
     );
