@@ -268,3 +268,66 @@ fn concurrent_installs_into_one_root() {
     let staging = common::entries(&root.join(".spackfs-staging"));
     assert!(staging.is_empty(), "staging left behind: {staging:?}");
 }
+
+/// A copy of a fixture mirror with its index files removed (normal for Stackinator caches).
+fn mirror_without_index(fx: &Fixtures, cache: &FixtureCache, dir: &Path) -> std::path::PathBuf {
+    let copy = dir.join("mirror");
+    run_program(
+        "cp",
+        ["-a", path_str(&fx.mirror(cache.name)), path_str(&copy)],
+    )
+    .assert_ok();
+    for index in [
+        "v3/manifests/index",
+        "build_cache/index.json",
+        "build_cache/index.json.hash",
+    ] {
+        let p = copy.join(index);
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p).expect("remove index dir");
+        } else if p.exists() {
+            std::fs::remove_file(&p).expect("remove index file");
+        }
+    }
+    assert!(
+        !copy.join("v3/manifests/index").exists() && !copy.join("build_cache/index.json").exists()
+    );
+    copy
+}
+
+/// Without an index the packages are found by listing the manifests (v3) or spec files
+/// (v2): all three are listed, and installing greet brings libgreet along.
+#[test]
+fn mirrors_without_an_index_are_listed_and_installed() {
+    let Some(fx) = fixtures() else { return };
+    for cache in [&V3_UNSIGNED, &V2_SIGNED] {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mirror = mirror_without_index(&fx, cache, tmp.path());
+        let trust = cache.trust_args(&fx);
+        let mut args = vec!["ls", path_str(&mirror)];
+        args.extend(trust.iter().map(String::as_str));
+        let ls = spackfs(&args);
+        ls.assert_ok();
+        for name in ["fixture-greet", "fixture-libgreet", "fixture-bulk"] {
+            assert_eq!(
+                ls.stdout
+                    .lines()
+                    .filter(|l| l.starts_with(&format!("{name} ")))
+                    .count(),
+                1,
+                "{name} listed once without an index:\n{ls}"
+            );
+        }
+        let root = tmp.path().join("r");
+        let mut extra: Vec<&str> = trust.iter().map(String::as_str).collect();
+        extra.push("--jobs");
+        extra.push("2");
+        let run = common::install(&mirror, &root, &extra, &["fixture-greet"]);
+        run.assert_ok();
+        assert!(
+            run.stdout.contains("installed 2 package(s)"),
+            "greet and libgreet installed:\n{run}"
+        );
+        check_greet_programs(cache, &root);
+    }
+}

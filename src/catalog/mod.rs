@@ -6,6 +6,8 @@ pub mod live;
 pub mod materialise;
 
 use std::collections::{HashMap, HashSet, VecDeque};
+
+use futures::StreamExt;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -292,40 +294,51 @@ impl Catalog {
                 found.push((hash, Layout::V2, path));
             }
         }
-        for (hash, lay, path) in found {
-            if self.entries.contains_key(&hash) {
-                continue;
-            }
-            // Read the spec from the manifest/spec file (unverified here: only to list).
-            let node = match lay {
-                Layout::V3 => self.peek_v3(&path).await,
-                Layout::V2 => self.peek_v2(&path).await,
-            };
-            let v2_path = (lay == Layout::V2).then_some(path);
-            match node {
-                Ok(Some(dag)) => {
-                    for n in dag.nodes.values() {
-                        if n.hash != hash {
-                            self.entries.entry(n.hash.clone()).or_insert(Entry {
-                                node: n.clone(),
-                                in_buildcache: false,
-                                v2_spec_path: None,
-                            });
-                        }
-                    }
-                    let node = dag.root_node().clone();
-                    self.entries.insert(
-                        hash,
-                        Entry {
-                            node,
-                            in_buildcache: true,
-                            v2_spec_path: v2_path,
-                        },
-                    );
+        // Read every package's spec (unverified here: only to list), a few at a time, in
+        // listing order; v3 before v2 for a hash found in both.
+        let mut seen = HashSet::new();
+        found.retain(|(hash, _, _)| seen.insert(hash.clone()));
+        let this = &*self;
+        let peeked: Vec<_> = futures::stream::iter(found.into_iter().map(
+            |(hash, lay, path)| async move {
+                let dag = match lay {
+                    Layout::V3 => this.peek_v3(&path).await,
+                    Layout::V2 => this.peek_v2(&path).await,
+                };
+                (hash, lay, path, dag)
+            },
+        ))
+        .buffered(16)
+        .collect()
+        .await;
+        for (hash, lay, path, dag) in peeked {
+            let dag = match dag {
+                Ok(Some(dag)) => dag,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!("mirror {}: skipping {hash}: {e}", self.mirror());
+                    continue;
                 }
-                Ok(None) => {}
-                Err(e) => tracing::warn!("mirror {}: skipping {hash}: {e}", self.mirror()),
+            };
+            // The other nodes of its DAG are known too (in the cache or not: their own
+            // manifests, if any, say so).
+            for n in dag.nodes.values() {
+                if n.hash != hash {
+                    self.entries.entry(n.hash.clone()).or_insert(Entry {
+                        node: n.clone(),
+                        in_buildcache: false,
+                        v2_spec_path: None,
+                    });
+                }
             }
+            self.entries.insert(
+                hash,
+                Entry {
+                    node: dag.root_node().clone(),
+                    in_buildcache: true,
+                    v2_spec_path: (lay == Layout::V2).then_some(path),
+                },
+            );
         }
         Ok(())
     }
