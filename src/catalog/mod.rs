@@ -299,18 +299,17 @@ impl Catalog {
         let mut seen = HashSet::new();
         found.retain(|(hash, _, _)| seen.insert(hash.clone()));
         let this = &*self;
-        let peeked: Vec<_> = futures::stream::iter(found.into_iter().map(
-            |(hash, lay, path)| async move {
+        let peeked: Vec<_> =
+            futures::stream::iter(found.into_iter().map(|(hash, lay, path)| async move {
                 let dag = match lay {
                     Layout::V3 => this.peek_v3(&path).await,
                     Layout::V2 => this.peek_v2(&path).await,
                 };
                 (hash, lay, path, dag)
-            },
-        ))
-        .buffered(16)
-        .collect()
-        .await;
+            }))
+            .buffered(16)
+            .collect()
+            .await;
         for (hash, lay, path, dag) in peeked {
             let dag = match dag {
                 Ok(Some(dag)) => dag,
