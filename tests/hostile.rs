@@ -8,7 +8,7 @@ use std::path::Path;
 
 use common::mirror::{GenPkg, Lists, Scenario, TestMirror};
 use common::tarball::{gzip, gzip_stored, TarBuilder};
-use common::{contains, mode, path_str};
+use common::{contains, mode, path_str, run_program};
 
 /// The package under test.
 fn evil() -> GenPkg {
@@ -386,5 +386,38 @@ fn binary_into_root_longer_than_build_root_is_refused() {
         &root,
         &run,
         &["bin/tool", "longer", "at most 128 characters"],
+    );
+}
+
+// ------------------------------------------------------------------------ compression
+
+/// A zstd-compressed tarball (chosen by its magic bytes, whatever the manifest says) is
+/// installed and relocated like a gzip one.
+#[test]
+fn zstd_tarball_is_installed_and_relocated() {
+    let pkg = GenPkg::new("zstdpkg");
+    let script = format!("#!/bin/sh\necho \"zstd from {}\"\n", pkg.prefix);
+    let tar = pkg.tar(
+        |t| {
+            t.dir(&pkg.member("bin"));
+            t.file(&pkg.member("bin/hello.sh"), 0o755, script.as_bytes());
+        },
+        Some(&pkg.buildinfo(&Lists::texts(&["bin/hello.sh"]))),
+    );
+    let zst = zstd::encode_all(&tar[..], 3).expect("zstd");
+    assert_eq!(&zst[..4], &[0x28, 0xb5, 0x2f, 0xfd]);
+    let mut mirror = TestMirror::unsigned();
+    mirror.add(&pkg, &zst);
+    mirror.finish();
+    let root = mirror.root();
+    let run = mirror.install_into(&root, &[], &["zstdpkg"]);
+    run.assert_ok();
+    let prefix = pkg.installed_prefix(&root);
+    let out = run_program(prefix.join("bin/hello.sh"), [] as [&str; 0]);
+    out.assert_ok();
+    assert_eq!(
+        out.stdout,
+        format!("zstd from {}\n", prefix.display()),
+        "{run}"
     );
 }
