@@ -201,6 +201,7 @@ pub async fn run(workdir: Option<PathBuf>) -> Result<ExitCode> {
         signed: true,
         key_files: vec![key_file],
         keyring_dirs: vec![],
+        ..Default::default()
     };
     let mnt = dir.join("mnt");
     std::fs::create_dir_all(&mnt)?;

@@ -133,7 +133,7 @@ enum ReadModeArg {
 
 #[derive(Args, Clone)]
 struct MirrorArgs {
-    /// The mirror: a `file://` URL or a path.
+    /// The mirror: a `file://` URL, a path, or a Spack/Stackinator `mirrors.yaml`.
     mirror: String,
     /// Trust this key file (armored or binary; repeatable).
     #[arg(long = "key")]
@@ -147,13 +147,42 @@ struct MirrorArgs {
 }
 
 impl MirrorArgs {
-    fn config(&self) -> MirrorConfig {
-        MirrorConfig {
-            url: self.mirror.clone(),
-            signed: !self.unsigned,
-            key_files: self.keys.clone(),
-            keyring_dirs: self.keyring.clone(),
+    /// The mirror to read: the argument itself (a URL or a mirror directory), or the first
+    /// binary mirror of a Spack/Stackinator `mirrors.yaml`; trust flags apply on top.
+    /// `root` is the install root (for Stackinator's `mount_specific`).
+    fn config(&self, root: &str) -> Result<MirrorConfig> {
+        let path = std::path::Path::new(&self.mirror);
+        let mut cfg = if path.is_file() {
+            let mirrors = spackfs::config::load(path, root)?;
+            let mut mirrors = mirrors.into_iter();
+            let first = mirrors
+                .next()
+                .with_context(|| format!("{} lists no binary mirror", path.display()))?;
+            let rest: Vec<String> = mirrors.map(|m| format!("{} ({})", m.name, m.url)).collect();
+            if !rest.is_empty() {
+                tracing::warn!(
+                    "{} lists several binary mirrors; spackfs reads the first, {} ({}), and not yet {}",
+                    path.display(),
+                    first.name,
+                    first.url,
+                    rest.join(", ")
+                );
+            }
+            first
+        } else {
+            MirrorConfig {
+                name: self.mirror.clone(),
+                url: self.mirror.clone(),
+                signed: true,
+                ..Default::default()
+            }
+        };
+        if self.unsigned {
+            cfg.signed = false;
         }
+        cfg.key_files.extend(self.keys.iter().cloned());
+        cfg.keyring_dirs.extend(self.keyring.iter().cloned());
+        Ok(cfg)
     }
 }
 
@@ -205,7 +234,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             mirror,
             root,
             projection,
-        } => ls(&mirror.config(), &root, &projection).await,
+        } => ls(&mirror.config(&root)?, &root, &projection).await,
         Command::Install {
             mirror,
             root,
@@ -219,8 +248,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let limits = Limits {
                 max_unpacked: max_unpacked_size.as_u64(),
             };
-            let summary =
-                install(&mirror.config(), &root, &projection, jobs, limits, &specs).await?;
+            let summary = install(
+                &mirror.config(&std::path::absolute(&root)?.to_string_lossy())?,
+                &root,
+                &projection,
+                jobs,
+                limits,
+                &specs,
+            )
+            .await?;
             println!("{summary}");
             Ok(if summary.failed == 0 {
                 ExitCode::SUCCESS
@@ -260,7 +296,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     max_unpacked: max_unpacked_size.as_u64(),
                 },
             };
-            let mounted = mount(&mirror.config(), &mountpoint, &opts).await?;
+            let cfg = mirror.config(&std::path::absolute(&mountpoint)?.to_string_lossy())?;
+            let mounted = mount(&cfg, &mountpoint, &opts).await?;
             mounted.wait_for_signal().await?;
             Ok(ExitCode::SUCCESS)
         }

@@ -72,6 +72,25 @@ impl Keyring {
         Ok(n)
     }
 
+    /// Load every certificate of in-memory key data (e.g. a base64 key from a config file);
+    /// `origin` names it in errors.
+    pub fn add_bytes(&mut self, data: &[u8], origin: &Path) -> Result<usize, TrustError> {
+        let err = |message: String| TrustError::KeyFile {
+            path: origin.to_path_buf(),
+            message,
+        };
+        let parser = CertParser::from_bytes(data).map_err(|e| err(e.to_string()))?;
+        let mut n = 0;
+        for cert in parser {
+            self.certs.push(cert.map_err(|e| err(e.to_string()))?);
+            n += 1;
+        }
+        if n == 0 {
+            return Err(err("no OpenPGP certificate in it".into()));
+        }
+        Ok(n)
+    }
+
     /// Load every regular file of a directory as key files (`*.asc`, `*.pub`, `*.gpg`, `*.key`…).
     pub fn add_dir(&mut self, dir: &Path) -> Result<usize, TrustError> {
         let entries = std::fs::read_dir(dir).map_err(|e| TrustError::KeyFile {
