@@ -205,7 +205,7 @@ pub async fn run(workdir: Option<PathBuf>) -> Result<ExitCode> {
     };
     let mnt = dir.join("mnt");
     std::fs::create_dir_all(&mnt)?;
-    let opts = super::MountArgs {
+    let opts = super::mount::MountArgs {
         cache_dir: dir.join("cache"),
         bound: None,
         projection: spackfs::buildcache::projection::DEFAULT_PROJECTION.into(),
@@ -218,7 +218,7 @@ pub async fn run(workdir: Option<PathBuf>) -> Result<ExitCode> {
         "==> mounting it at {} (nothing is fetched yet)",
         mnt.display()
     );
-    let mounted = super::mount(&cfg, &mnt, &opts).await.context(
+    let mounted = super::mount::mount(&cfg, &mnt, &opts).await.context(
         "spackfs demo mounts a FUSE file system: it needs /dev/fuse and root (or fusermount3 from the fuse3 package)",
     )?;
     let exe = mnt.join(format!("linux-x86_64/demo-hello-1.0-{app_hash}/bin/hello"));

@@ -1,0 +1,177 @@
+//! `spackfs ls` and `spackfs install`: what a mirror offers, and eager installs.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+
+use spackfs::buildcache::projection::Projection;
+use spackfs::buildcache::spec::short_hash;
+use spackfs::catalog::materialise::{self, Outcome, Target};
+use spackfs::catalog::Catalog;
+use spackfs::config::MirrorConfig;
+use spackfs::install::Limits;
+
+use super::open_catalog;
+
+pub(crate) async fn ls(cfg: &MirrorConfig, root: &str, projection: &str) -> Result<ExitCode> {
+    let catalog = open_catalog(cfg).await?;
+    let projection = Projection::new(projection)?;
+    let mut rows = Vec::new();
+    for e in catalog.available() {
+        let node = &e.node;
+        let (prefix, size, signer) = match catalog.meta(node).await {
+            Ok(m) => (
+                Catalog::prefix_of(root, &projection, node, Some(&m.dag))?,
+                m.tarball_size
+                    .map(|s| bytesize::ByteSize::b(s).to_string())
+                    .unwrap_or_else(|| "?".into()),
+                m.signer.unwrap_or_else(|| "unsigned".into()),
+            ),
+            Err(err) => (
+                Catalog::prefix_of(root, &projection, node, None)?,
+                "?".into(),
+                format!("UNTRUSTED ({err})"),
+            ),
+        };
+        rows.push([
+            node.name.clone(),
+            node.version.clone(),
+            short_hash(&node.hash).to_string(),
+            prefix.display().to_string(),
+            size,
+            signer,
+        ]);
+    }
+    let widths: Vec<usize> = (0..5)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    for r in &rows {
+        println!(
+            "{:w0$}  {:w1$}  {:w2$}  {:w3$}  {:>w4$}  {}",
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            r[5],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2],
+            w3 = widths[3],
+            w4 = widths[4]
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What an install run did.
+pub(crate) struct Summary {
+    pub installed: Vec<(String, PathBuf, materialise::Timings)>,
+    pub present: usize,
+    pub failed: usize,
+    pub unpacked_bytes: u64,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "installed {} package(s), {} already present, {} failed",
+            self.installed.len(),
+            self.present,
+            self.failed
+        )
+    }
+}
+
+pub(crate) async fn install(
+    cfg: &MirrorConfig,
+    root: &std::path::Path,
+    projection: &str,
+    jobs: usize,
+    limits: Limits,
+    specs: &[String],
+) -> Result<Summary> {
+    let catalog = Arc::new(open_catalog(cfg).await?);
+    let projection = Projection::new(projection)?;
+    std::fs::create_dir_all(root).with_context(|| format!("creating root {}", root.display()))?;
+    let root = std::path::absolute(root)?;
+    let root_str = root
+        .to_str()
+        .context("install root is not UTF-8")?
+        .trim_end_matches('/')
+        .to_string();
+    if root_str.is_empty() {
+        bail!("the install root cannot be /");
+    }
+    let mut requested = Vec::new();
+    for s in specs {
+        requested.extend(catalog.resolve(s)?.into_iter().map(|e| e.node.clone()));
+    }
+    let closure = catalog.closure(&requested).await?;
+    for (pkg, parent, why) in &closure.skipped {
+        match parent {
+            Some(p) => tracing::warn!("skipping {pkg} (needed by {p}): {why}"),
+            None => tracing::warn!("skipping {pkg}: {why}"),
+        }
+    }
+    let mut failed = closure.failed.len();
+    for (_, e) in &closure.failed {
+        tracing::error!("{e}");
+    }
+    let nodes: Vec<_> = closure
+        .order
+        .iter()
+        .map(|h| closure.nodes[h].clone())
+        .collect();
+    let target = Target {
+        root: root_str,
+        projection,
+        limits,
+    };
+    let results = materialise::install_many(catalog.clone(), nodes, target, jobs).await;
+    let mut summary = Summary {
+        installed: Vec::new(),
+        present: 0,
+        failed: 0,
+        unpacked_bytes: 0,
+    };
+    for (node, r) in results {
+        match r {
+            Ok(Outcome::Installed {
+                prefix,
+                unpacked_bytes,
+                timings,
+                ..
+            }) => {
+                summary.unpacked_bytes += unpacked_bytes;
+                summary.installed.push((node.display(), prefix, timings));
+            }
+            Ok(Outcome::AlreadyInstalled { prefix }) => {
+                tracing::info!(
+                    "{}: already installed at {}",
+                    node.display(),
+                    prefix.display()
+                );
+                summary.present += 1;
+            }
+            Err(e) => {
+                tracing::error!("{e:#}");
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    tracing::debug!("  caused by: {s}");
+                    src = s.source();
+                }
+                failed += 1;
+            }
+        }
+    }
+    summary.failed = failed;
+    if !summary.installed.is_empty() || summary.present > 0 {
+        materialise::install_sbang(&root)
+            .with_context(|| format!("installing {}/bin/sbang", root.display()))?;
+    }
+    Ok(summary)
+}
