@@ -159,6 +159,24 @@ fn parse_edge(d: &Value, name: Option<&String>, what: &str) -> Result<DepEdge, F
     })
 }
 
+/// The compiler of `node`: the `compiler` object of specfiles ≤ v4, else the dependency
+/// providing `c`, `cxx` or `fortran` (found with `lookup` by hash).
+pub fn compiler_of<'a>(
+    node: &SpecNode,
+    lookup: impl Fn(&str) -> Option<&'a SpecNode>,
+) -> Option<(String, String)> {
+    if let Some(c) = &node.compiler {
+        return Some(c.clone());
+    }
+    ["c", "cxx", "fortran"].iter().find_map(|lang| {
+        node.deps
+            .iter()
+            .filter(|e| e.virtuals.iter().any(|v| v == lang))
+            .find_map(|e| lookup(&e.hash))
+            .map(|n| (n.name.clone(), n.version.clone()))
+    })
+}
+
 /// The first 7 characters of a DAG hash.
 pub fn short_hash(hash: &str) -> &str {
     hash.get(..7).unwrap_or(hash)
@@ -251,19 +269,7 @@ impl SpecDag {
     /// The compiler of a node for `{compiler.*}` projections: the `compiler` object of old
     /// specfiles, else the dependency providing `c`, `cxx` or `fortran`.
     pub fn compiler_of(&self, node: &SpecNode) -> Option<(String, String)> {
-        if let Some(c) = &node.compiler {
-            return Some(c.clone());
-        }
-        for lang in ["c", "cxx", "fortran"] {
-            for e in &node.deps {
-                if e.virtuals.iter().any(|v| v == lang) {
-                    if let Some(n) = self.nodes.get(&e.hash) {
-                        return Some((n.name.clone(), n.version.clone()));
-                    }
-                }
-            }
-        }
-        None
+        compiler_of(node, |hash| self.nodes.get(hash))
     }
 
     /// The nodes whose prefixes relocation maps for the root (format doc 7.1 step 4):

@@ -536,19 +536,7 @@ impl Catalog {
     }
 
     fn v2_compiler(&self, node: &SpecNode) -> Option<(String, String)> {
-        if let Some(c) = &node.compiler {
-            return Some(c.clone());
-        }
-        for lang in ["c", "cxx", "fortran"] {
-            for e in &node.deps {
-                if e.virtuals.iter().any(|v| v == lang) {
-                    if let Some(d) = self.entries.get(&e.hash) {
-                        return Some((d.node.name.clone(), d.node.version.clone()));
-                    }
-                }
-            }
-        }
-        None
+        crate::buildcache::spec::compiler_of(node, |hash| self.entries.get(hash).map(|e| &e.node))
     }
 
     async fn meta_v2(&self, node: &SpecNode) -> Result<Option<PackageMeta>, CatalogError> {

@@ -55,21 +55,11 @@ impl std::fmt::Debug for Keyring {
 impl Keyring {
     /// Load every certificate of a file (armored or binary, one or many).
     pub fn add_file(&mut self, path: &Path) -> Result<usize, TrustError> {
-        let err = |message: String| TrustError::KeyFile {
+        let data = std::fs::read(path).map_err(|e| TrustError::KeyFile {
             path: path.to_path_buf(),
-            message,
-        };
-        let parser = CertParser::from_file(path).map_err(|e| err(e.to_string()))?;
-        let mut n = 0;
-        for cert in parser {
-            let cert = cert.map_err(|e| err(e.to_string()))?;
-            self.certs.push(cert);
-            n += 1;
-        }
-        if n == 0 {
-            return Err(err("no OpenPGP certificate in it".into()));
-        }
-        Ok(n)
+            message: e.to_string(),
+        })?;
+        self.add_bytes(&data, path)
     }
 
     /// Load every certificate of in-memory key data (e.g. a base64 key from a config file);
