@@ -17,95 +17,56 @@
 //! (fixed seed). The mirror is written to `OUTDIR/mirror`; `OUTDIR/build` is scratch space,
 //! removed at the end.
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::mpsc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use clap::Parser;
 use serde_json::Value;
 
+use common::{
+    add_benchdata_section, bulk_data, inflated_len, run, set_mode, words, write, Rng, WORDS,
+};
 use spackfs::writer::{padded_root, MirrorWriter, NodeDef};
 
-const USAGE: &str = "usage: bench_mirror OUTDIR [--packages N] [--mb-per-package M] [--small-files K] [--padding L]";
 const STORE: &str = "/opt/bench-store";
 const SEED: u64 = 0x5eed_5bac_cf50_2024;
 /// Packages in one dependency chain; each chain also depends on package 0.
 const CHAIN: usize = 6;
 
+/// Generates the benchmark mirror for `bench/install`: compiled packages for a padded build
+/// root, written to OUTDIR/mirror (OUTDIR/build is scratch space, removed at the end).
+#[derive(Parser)]
+#[command(name = "bench_mirror")]
 struct Args {
+    /// Output directory
+    #[arg(value_name = "OUTDIR")]
     out: PathBuf,
+    /// Number of packages
+    #[arg(long, value_name = "N", default_value_t = 24)]
     packages: usize,
+    /// Approximate payload of each package, in MB (10^6 bytes)
+    #[arg(long, value_name = "M", default_value_t = 22.0)]
     mb_per_package: f64,
+    /// Small files (headers and documents) per package
+    #[arg(long, value_name = "K", default_value_t = 400)]
     small_files: usize,
+    /// Length, in characters, the build root is padded to
+    #[arg(long, value_name = "L", default_value_t = 256)]
     padding: usize,
 }
 
 fn parse_args() -> Result<Args> {
-    let mut out = None;
-    let mut args = Args {
-        out: PathBuf::new(),
-        packages: 24,
-        mb_per_package: 22.0,
-        small_files: 400,
-        padding: 256,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        let (key, inline) = match a.split_once('=') {
-            Some((k, v)) if k.starts_with("--") => (k.to_string(), Some(v.to_string())),
-            _ => (a.clone(), None),
-        };
-        let mut value = |name: &str| -> Result<String> {
-            match inline.clone() {
-                Some(v) => Ok(v),
-                None => it.next().with_context(|| format!("{name} needs a value")),
-            }
-        };
-        match key.as_str() {
-            "--packages" => args.packages = value(&key)?.parse().context("--packages")?,
-            "--mb-per-package" => {
-                args.mb_per_package = value(&key)?.parse().context("--mb-per-package")?
-            }
-            "--small-files" => args.small_files = value(&key)?.parse().context("--small-files")?,
-            "--padding" => args.padding = value(&key)?.parse().context("--padding")?,
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            s if s.starts_with('-') => bail!("unknown option {s}\n{USAGE}"),
-            _ if out.is_none() => out = Some(PathBuf::from(&a)),
-            _ => bail!("unexpected argument {a}\n{USAGE}"),
-        }
-    }
-    args.out = out.context(USAGE)?;
+    let args = Args::parse();
     if args.packages == 0 || args.mb_per_package <= 0.0 {
         bail!("--packages and --mb-per-package must be positive");
     }
     Ok(args)
-}
-
-/// splitmix64: small, fast and deterministic.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
-    }
 }
 
 /// One package of the benchmark.
@@ -173,61 +134,6 @@ fn plan(n: usize, buildpath: &str) -> Vec<Pkg> {
         });
     }
     pkgs
-}
-
-/// Semi-compressible bytes (gzip -6 ratio about 3.5×): back-references into the last 32 KB
-/// mixed with short literal runs drawn half from a small vocabulary, half uniformly.
-fn bulk_data(rng: &mut Rng, n: usize, strings: &[String]) -> Vec<u8> {
-    let mut out: Vec<u8> = Vec::with_capacity(n + 64);
-    let vocab: Vec<u8> = (0..24).map(|_| rng.next() as u8).collect();
-    while out.len() < n {
-        let r = rng.next();
-        let pos = out.len();
-        if pos > 4096 && r % 100 < 30 {
-            let len = 8 + ((r >> 8) % 56) as usize;
-            let dist = 1 + ((r >> 16) % pos.min(32_000) as u64) as usize;
-            for k in 0..len {
-                let b = out[pos - dist + k];
-                out.push(b);
-            }
-        } else {
-            for _ in 0..1 + (r >> 8) % 8 {
-                let x = rng.next();
-                out.push(if x & 1 != 0 {
-                    vocab[((x >> 8) % 24) as usize]
-                } else {
-                    (x >> 16) as u8
-                });
-            }
-        }
-    }
-    out.truncate(n);
-    // An old-prefix C string about every 256 KiB, for the binary relocation rule.
-    if !strings.is_empty() {
-        let mut off = 4096;
-        let mut k = 0;
-        while off + 1024 < n {
-            let s = &strings[k % strings.len()];
-            let cstr = format!("\0{s}/share/blob-{k:05}.dat\0");
-            out[off..off + cstr.len()].copy_from_slice(cstr.as_bytes());
-            off += 192 * 1024 + rng.below(128 * 1024) as usize;
-            k += 1;
-        }
-    }
-    out
-}
-
-const WORDS: &[&str] = &[
-    "buffer", "config", "stream", "vector", "matrix", "handle", "status", "option", "result",
-    "thread", "kernel", "solver", "domain", "engine", "cache", "parse", "layout", "region",
-    "record", "policy", "device", "signal", "factor", "sparse", "dense", "index", "block",
-];
-
-fn words(rng: &mut Rng, n: usize) -> String {
-    (0..n)
-        .map(|_| *rng.pick(WORDS))
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 fn header_text(rng: &mut Rng, p: &Pkg, k: usize, deps: &[&Pkg]) -> String {
@@ -327,35 +233,6 @@ int main(void) {{
     )
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("running {:?}", cmd.get_program()))?;
-    if !out.status.success() {
-        bail!(
-            "{:?} failed ({}):\n{}",
-            cmd,
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
-
-fn write(path: &Path, data: impl AsRef<[u8]>) -> Result<u64> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).with_context(|| parent.display().to_string())?;
-    }
-    std::fs::write(path, data.as_ref()).with_context(|| path.display().to_string())?;
-    Ok(data.as_ref().len() as u64)
-}
-
-fn set_mode(path: &Path, mode: u32) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| path.display().to_string())
-}
-
 /// Add a non-loaded section of `size` bulk bytes to the ELF file at `path`.
 fn add_bulk_section(path: &Path, size: usize, rng: &mut Rng, strings: &[String]) -> Result<()> {
     if size == 0 {
@@ -363,11 +240,7 @@ fn add_bulk_section(path: &Path, size: usize, rng: &mut Rng, strings: &[String])
     }
     let data_file = path.with_extension("benchdata");
     std::fs::write(&data_file, bulk_data(rng, size, strings))?;
-    run(Command::new("objcopy")
-        .arg("--add-section")
-        .arg(format!(".benchdata={}", data_file.display()))
-        .args(["--set-section-flags", ".benchdata=noload,readonly"])
-        .arg(path))?;
+    add_benchdata_section(path, &data_file)?;
     std::fs::remove_file(&data_file)?;
     Ok(())
 }
@@ -549,19 +422,6 @@ fn build_package(
     add_bulk_section(&exe, bulk - bulk * 4 / 5, &mut rng, &strings)?;
     bytes += std::fs::metadata(&so)?.len() + std::fs::metadata(&exe)?.len();
     Ok(bytes)
-}
-
-fn inflated_len(blob: &Path) -> Result<u64> {
-    let f = std::fs::File::open(blob)?;
-    let mut d = flate2::read::MultiGzDecoder::new(std::io::BufReader::new(f));
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0;
-    loop {
-        match d.read(&mut buf)? {
-            0 => return Ok(n),
-            k => n += k as u64,
-        }
-    }
 }
 
 fn main() -> Result<()> {

@@ -21,91 +21,58 @@
 //! `OUTDIR/build` is scratch space, removed at the end. Package trees are removed as soon as
 //! they are packed, so the peak space is about twice the big file (tree and tarball).
 
-use std::io::{Read, Write};
+mod common;
+
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use clap::Parser;
 use serde_json::Value;
 
+use common::{add_benchdata_section, bulk_data, inflated_len, run, words, write, Rng};
 use spackfs::writer::{padded_root, MirrorWriter, NodeDef};
 
-const USAGE: &str = "usage: bench_read_mirror OUTDIR [--big-mib N] [--small-files K] [--deps D] [--dep-mb M] [--padding L]";
 const STORE: &str = "/opt/bench-read-store";
 const SEED: u64 = 0x5eed_0f2e_ad20_2025;
 /// Small files per directory of `manyfiles`, and leaf directories per group directory.
 const FILES_PER_DIR: usize = 40;
 const DIRS_PER_GROUP: usize = 10;
 
+/// Generates the mirror of `bench/read` and `bench/first-touch` (bigfile, manyfiles, app and
+/// its link dependencies) for a padded build root, written to OUTDIR/mirror (OUTDIR/build is
+/// scratch space, removed at the end).
+#[derive(Parser)]
+#[command(name = "bench_read_mirror")]
 struct Args {
+    /// Output directory
+    #[arg(value_name = "OUTDIR")]
     out: PathBuf,
+    /// Size of bigfile's share/big.dat, in MiB
+    #[arg(long, value_name = "N", default_value_t = 1024)]
     big_mib: u64,
+    /// Number of small files in manyfiles
+    #[arg(long, value_name = "K", default_value_t = 10_000)]
     small_files: usize,
+    /// Number of link dependencies of app (dep0, dep1, ...)
+    #[arg(long, value_name = "D", default_value_t = 10)]
     deps: usize,
+    /// Approximate size of each dependency's library, in MB (10^6 bytes)
+    #[arg(long, value_name = "M", default_value_t = 4.0)]
     dep_mb: f64,
+    /// Length, in characters, the build root is padded to
+    #[arg(long, value_name = "L", default_value_t = 256)]
     padding: usize,
 }
 
 fn parse_args() -> Result<Args> {
-    let mut out = None;
-    let mut args = Args {
-        out: PathBuf::new(),
-        big_mib: 1024,
-        small_files: 10_000,
-        deps: 10,
-        dep_mb: 4.0,
-        padding: 256,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        let (key, inline) = match a.split_once('=') {
-            Some((k, v)) if k.starts_with("--") => (k.to_string(), Some(v.to_string())),
-            _ => (a.clone(), None),
-        };
-        let mut value = |name: &str| -> Result<String> {
-            match inline.clone() {
-                Some(v) => Ok(v),
-                None => it.next().with_context(|| format!("{name} needs a value")),
-            }
-        };
-        match key.as_str() {
-            "--big-mib" => args.big_mib = value(&key)?.parse().context("--big-mib")?,
-            "--small-files" => args.small_files = value(&key)?.parse().context("--small-files")?,
-            "--deps" => args.deps = value(&key)?.parse().context("--deps")?,
-            "--dep-mb" => args.dep_mb = value(&key)?.parse().context("--dep-mb")?,
-            "--padding" => args.padding = value(&key)?.parse().context("--padding")?,
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            s if s.starts_with('-') => bail!("unknown option {s}\n{USAGE}"),
-            _ if out.is_none() => out = Some(PathBuf::from(&a)),
-            _ => bail!("unexpected argument {a}\n{USAGE}"),
-        }
-    }
-    args.out = out.context(USAGE)?;
+    let args = Args::parse();
     if args.big_mib == 0 || args.small_files == 0 || args.deps == 0 || args.dep_mb < 0.0 {
         bail!("--big-mib, --small-files and --deps must be positive, --dep-mb not negative");
     }
     Ok(args)
-}
-
-/// splitmix64: small, fast and deterministic.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 /// One package: its spec node and its build-time prefix.
@@ -131,80 +98,6 @@ impl Pkg {
             prefix,
         }
     }
-}
-
-const WORDS: &[&str] = &[
-    "buffer", "config", "stream", "vector", "matrix", "handle", "status", "option", "result",
-    "thread", "kernel", "solver", "domain", "engine", "cache", "parse", "layout", "region",
-    "record", "policy", "device", "signal", "factor", "sparse", "dense", "index", "block",
-];
-
-fn words(rng: &mut Rng, n: usize) -> String {
-    (0..n)
-        .map(|_| WORDS[rng.below(WORDS.len() as u64) as usize])
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// Semi-compressible bytes (gzip -6 ratio about 3.5×): back-references into the last 32 KB
-/// mixed with short literal runs, with an old-prefix C string about every 256 KiB.
-fn bulk_data(rng: &mut Rng, n: usize, prefix: &str) -> Vec<u8> {
-    let mut out: Vec<u8> = Vec::with_capacity(n + 64);
-    let vocab: Vec<u8> = (0..24).map(|_| rng.next() as u8).collect();
-    while out.len() < n {
-        let r = rng.next();
-        let pos = out.len();
-        if pos > 4096 && r % 100 < 30 {
-            let len = 8 + ((r >> 8) % 56) as usize;
-            let dist = 1 + ((r >> 16) % pos.min(32_000) as u64) as usize;
-            for k in 0..len {
-                let b = out[pos - dist + k];
-                out.push(b);
-            }
-        } else {
-            for _ in 0..1 + (r >> 8) % 8 {
-                let x = rng.next();
-                out.push(if x & 1 != 0 {
-                    vocab[((x >> 8) % 24) as usize]
-                } else {
-                    (x >> 16) as u8
-                });
-            }
-        }
-    }
-    out.truncate(n);
-    let mut off = 4096;
-    let mut k = 0;
-    while off + 1024 < n {
-        let cstr = format!("\0{prefix}/share/blob-{k:05}.dat\0");
-        out[off..off + cstr.len()].copy_from_slice(cstr.as_bytes());
-        off += 192 * 1024 + rng.below(128 * 1024) as usize;
-        k += 1;
-    }
-    out
-}
-
-fn run(cmd: &mut Command) -> Result<()> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("running {:?}", cmd.get_program()))?;
-    if !out.status.success() {
-        bail!(
-            "{:?} failed ({}):\n{}",
-            cmd,
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
-
-fn write(path: &Path, data: impl AsRef<[u8]>) -> Result<u64> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).with_context(|| parent.display().to_string())?;
-    }
-    std::fs::write(path, data.as_ref()).with_context(|| path.display().to_string())?;
-    Ok(data.as_ref().len() as u64)
 }
 
 /// A fresh package tree at `build/<name>` with its `.spack/spec.json`.
@@ -296,12 +189,9 @@ fn build_dep(p: &Pkg, k: usize, build: &Path, mb: f64) -> Result<(PathBuf, u64)>
     if bulk > 0 {
         let mut rng = Rng(SEED ^ (k as u64 + 1).wrapping_mul(0x1000_0000_01b3));
         let data_file = src.join("bulk.bin");
-        std::fs::write(&data_file, bulk_data(&mut rng, bulk, &p.prefix))?;
-        run(Command::new("objcopy")
-            .arg("--add-section")
-            .arg(format!(".benchdata={}", data_file.display()))
-            .args(["--set-section-flags", ".benchdata=noload,readonly"])
-            .arg(&so))?;
+        let prefixes = std::slice::from_ref(&p.prefix);
+        std::fs::write(&data_file, bulk_data(&mut rng, bulk, prefixes))?;
+        add_benchdata_section(&so, &data_file)?;
     }
     write(
         &dir.join(format!("lib/pkgconfig/{}.pc", p.name)),
@@ -356,19 +246,6 @@ fn build_app(p: &Pkg, deps: &[Pkg], build: &Path) -> Result<(PathBuf, u64)> {
     run(&mut cc)?;
     let bytes = std::fs::metadata(&exe)?.len();
     Ok((dir, bytes))
-}
-
-fn inflated_len(blob: &Path) -> Result<u64> {
-    let f = std::fs::File::open(blob)?;
-    let mut d = flate2::read::MultiGzDecoder::new(std::io::BufReader::new(f));
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0;
-    loop {
-        match d.read(&mut buf)? {
-            0 => return Ok(n),
-            k => n += k as u64,
-        }
-    }
 }
 
 fn main() -> Result<()> {
