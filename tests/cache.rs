@@ -27,7 +27,7 @@ use common::cache::{
     sha256_hex, staging, wait_until, KillOnDrop, Rng, Tmpfs,
 };
 use common::mirror::{GenPkg, Lists, TestMirror};
-use common::mount::{is_stale, metric, mount_count, state, Daemon, MountDirs};
+use common::mount::{errno_of, is_stale, metric, mount_count, state, Daemon, MountDirs};
 use common::{expected_greet_output, fixtures, path_str, run_program, Fixtures, V3_UNSIGNED};
 
 const GREET: &str = "fixture-greet";
@@ -214,17 +214,6 @@ fn flip_byte(path: &Path, offset: u64) {
     b[0] ^= 0x01;
     f.seek(SeekFrom::Start(offset)).expect("seek");
     f.write_all(&b).expect("write byte");
-}
-
-/// The errno of an I/O result that must have failed.
-#[track_caller]
-fn errno_of<T: std::fmt::Debug>(r: std::io::Result<T>, what: &str, d: &Daemon) -> i32 {
-    match r {
-        Ok(v) => panic!("{what} succeeded ({v:?}) but must fail\n{d}"),
-        Err(e) => e
-            .raw_os_error()
-            .unwrap_or_else(|| panic!("{what}: no errno in {e}")),
-    }
 }
 
 // ------------------------------------------------------------------ 1. bound and LRU
@@ -486,15 +475,7 @@ fn remount_without_the_mirror_serves_cached_packages_and_fails_others_quickly() 
     let dirs = MountDirs::new();
     let mnt = &dirs.mnt;
     let mirror = dirs.path().join("mirror");
-    run_program(
-        "cp",
-        [
-            "-a",
-            path_str(&fx.mirror(V3_UNSIGNED.name)),
-            path_str(&mirror),
-        ],
-    )
-    .assert_ok();
+    fx.copy_mirror(V3_UNSIGNED.name, &mirror);
     let d = mount_unsigned(&mirror, &dirs, &[]);
     run_greet(mnt, &d);
     drop(d);
@@ -912,15 +893,7 @@ fn entry_whose_alias_was_lost_is_found_offline_after_the_next_open() {
     let dirs = MountDirs::new();
     let cache = &dirs.cache;
     let mirror = dirs.path().join("mirror");
-    run_program(
-        "cp",
-        [
-            "-a",
-            path_str(&fx.mirror(V3_UNSIGNED.name)),
-            path_str(&mirror),
-        ],
-    )
-    .assert_ok();
+    fx.copy_mirror(V3_UNSIGNED.name, &mirror);
     let d = mount_unsigned(&mirror, &dirs, &[]);
     run_greet(&dirs.mnt, &d);
     drop(d);

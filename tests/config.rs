@@ -54,15 +54,7 @@ fn stackinator_mirrors_yaml_trusts_its_public_key_and_is_mount_specific() {
     let cache = tmp.path().join("cache");
     let specific = cache.join(path_str(&root).trim_start_matches('/'));
     std::fs::create_dir_all(specific.parent().unwrap()).expect("mkdir");
-    run_program(
-        "cp",
-        [
-            "-a",
-            path_str(&fx.mirror(V3_SIGNED.name)),
-            path_str(&specific),
-        ],
-    )
-    .assert_ok();
+    fx.copy_mirror(V3_SIGNED.name, &specific);
     std::fs::copy(fx.fixture_key(), tmp.path().join("fixture.pub.asc")).expect("copy key");
     let yaml = tmp.path().join("mirrors.yaml");
     std::fs::write(

@@ -272,11 +272,7 @@ fn concurrent_installs_into_one_root() {
 /// A copy of a fixture mirror with its index files removed (normal for Stackinator caches).
 fn mirror_without_index(fx: &Fixtures, cache: &FixtureCache, dir: &Path) -> std::path::PathBuf {
     let copy = dir.join("mirror");
-    run_program(
-        "cp",
-        ["-a", path_str(&fx.mirror(cache.name)), path_str(&copy)],
-    )
-    .assert_ok();
+    fx.copy_mirror(cache.name, &copy);
     for index in [
         "v3/manifests/index",
         "build_cache/index.json",

@@ -22,8 +22,8 @@ use sha2::{Digest, Sha256};
 
 use common::mirror::{assert_good_works, good_pkg, GenPkg, Lists, Scenario};
 use common::mount::{
-    is_mounted, is_stale, lazy_unmount, metric, mount_count, state, xattr, xattr_str, Daemon,
-    MountDirs,
+    errno_of, is_mounted, is_stale, lazy_unmount, metric, mount_count, state, xattr, xattr_str,
+    Daemon, MountDirs,
 };
 use common::tarball::gzip_stored;
 use common::{
@@ -156,17 +156,6 @@ fn files_below(dir: &Path) -> Vec<String> {
         .collect();
     out.sort();
     out
-}
-
-/// The errno of an I/O result that must have failed.
-#[track_caller]
-fn errno_of<T: std::fmt::Debug>(r: std::io::Result<T>, what: &str, d: &Daemon) -> i32 {
-    match r {
-        Ok(v) => panic!("{what} succeeded ({v:?}) but must fail\n{d}"),
-        Err(e) => e
-            .raw_os_error()
-            .unwrap_or_else(|| panic!("{what}: no errno in {e}")),
-    }
 }
 
 fn errno_name(e: i32) -> String {

@@ -99,7 +99,8 @@ pub fn classify(dir: &Path, prefixes: &[String]) -> std::io::Result<BuildInfoLis
     Ok(lists)
 }
 
-fn header(kind: EntryType, mode: u32, size: u64) -> Header {
+/// A GNU header with Spack's normalised metadata (owner 0, mtime 0).
+pub fn header(kind: EntryType, mode: u32, size: u64) -> Header {
     let mut h = Header::new_gnu();
     h.set_entry_type(kind);
     h.set_mode(mode);

@@ -59,6 +59,13 @@ impl Fixtures {
         self.dir.join("spack-v3-signed/fixture-signing-key.pub.asc")
     }
 
+    /// Copy the mirror of fixture cache `cache` to `dest` (for tests that alter a mirror:
+    /// the fixtures themselves are never touched).
+    pub fn copy_mirror(&self, cache: &str, dest: &Path) -> PathBuf {
+        run_program("cp", ["-a", path_str(&self.mirror(cache)), path_str(dest)]).assert_ok();
+        dest.to_path_buf()
+    }
+
     pub fn realstack_key(&self) -> PathBuf {
         self.dir
             .join("spack-v3-realstack/realstack-signing-key.pub.asc")

@@ -382,3 +382,14 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// The errno of an I/O result that must have failed.
+#[track_caller]
+pub fn errno_of<T: std::fmt::Debug>(r: std::io::Result<T>, what: &str, d: &Daemon) -> i32 {
+    match r {
+        Ok(v) => panic!("{what} succeeded ({v:?}) but must fail\n{d}"),
+        Err(e) => e
+            .raw_os_error()
+            .unwrap_or_else(|| panic!("{what}: no errno in {e}")),
+    }
+}

@@ -48,7 +48,7 @@ impl TarBuilder {
 
     /// A character device `major:minor`.
     pub fn char_device(&mut self, name: &str, major: u32, minor: u32) -> &mut Self {
-        let mut h = Self::header(EntryType::Char, 0o644, 0);
+        let mut h = spackfs::writer::tarball::header(EntryType::Char, 0o644, 0);
         h.set_device_major(major).expect("device major");
         h.set_device_minor(minor).expect("device minor");
         self.push(h, name.as_bytes(), None, b"")
@@ -67,20 +67,10 @@ impl TarBuilder {
         link: Option<&[u8]>,
         data: &[u8],
     ) -> &mut Self {
-        let h = Self::header(kind, mode, data.len() as u64);
+        let h = spackfs::writer::tarball::header(kind, mode, data.len() as u64);
         self.push(h, name, link, data)
     }
 
-    fn header(kind: EntryType, mode: u32, size: u64) -> Header {
-        let mut h = Header::new_gnu();
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_size(size);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        h
-    }
 
     fn push(&mut self, mut h: Header, name: &[u8], link: Option<&[u8]>, data: &[u8]) -> &mut Self {
         if name.len() > 100 {
@@ -102,7 +92,7 @@ impl TarBuilder {
     }
 
     fn long_record(&mut self, kind: EntryType, value: &[u8]) {
-        let mut h = Self::header(kind, 0o644, value.len() as u64 + 1);
+        let mut h = spackfs::writer::tarball::header(kind, 0o644, value.len() as u64 + 1);
         h.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
         h.set_cksum();
         self.buf.extend_from_slice(h.as_bytes());
