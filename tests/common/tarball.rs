@@ -71,7 +71,6 @@ impl TarBuilder {
         self.push(h, name, link, data)
     }
 
-
     fn push(&mut self, mut h: Header, name: &[u8], link: Option<&[u8]>, data: &[u8]) -> &mut Self {
         if name.len() > 100 {
             self.long_record(EntryType::GNULongName, name);
