@@ -9,6 +9,7 @@ pub mod cache;
 pub mod mirror;
 pub mod mount;
 pub mod reference;
+pub mod servers;
 pub mod tarball;
 
 use std::ffi::OsStr;
