@@ -10,6 +10,7 @@ pub mod config;
 pub mod fs;
 pub mod install;
 pub mod metrics;
+pub mod mirror;
 pub mod store;
 pub mod transport;
 pub mod trust;

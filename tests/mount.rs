@@ -22,13 +22,13 @@ use sha2::{Digest, Sha256};
 
 use common::mirror::{assert_good_works, good_pkg, GenPkg, Lists, Scenario};
 use common::mount::{
-    errno_of, is_mounted, is_stale, lazy_unmount, metric, mount_count, state, xattr, xattr_str,
-    Daemon, MountDirs,
+    check_greet_programs, errno_of, is_mounted, is_stale, lazy_unmount, metric, mount_count, state,
+    xattr, xattr_str, Daemon, MountDirs,
 };
 use common::tarball::gzip_stored;
 use common::{
     expected_greet_output, fixtures, path_str, run_program, FixtureCache, Fixtures, Run,
-    FIXTURE_FPR, GREET_PROGRAMS, V2_SIGNED, V3_SIGNED, V3_UNSIGNED,
+    FIXTURE_FPR, V2_SIGNED, V3_SIGNED, V3_UNSIGNED,
 };
 
 /// Files of fixture-bulk compared with an install: relocated text (with the prefix), a
@@ -64,18 +64,6 @@ fn package_dirs(cache: &FixtureCache, root: &Path) -> [(&'static str, &'static s
         ),
         ("fixture-bulk", cache.bulk_hash, cache.bulk_prefix(root)),
     ]
-}
-
-/// The five greet entry points print the greeting with the prefixes under `root`.
-#[track_caller]
-fn check_greet_programs(cache: &FixtureCache, root: &Path, d: &Daemon) {
-    let greet = cache.greet_prefix(root);
-    let expected = expected_greet_output(&greet, &cache.libgreet_prefix(root));
-    for program in GREET_PROGRAMS {
-        let run = run_program(greet.join(program), [] as [&str; 0]);
-        assert_eq!(run.code, Some(0), "{program} failed:\n{run}\n{d}");
-        assert_eq!(run.stdout, expected, "output of {program}:\n{run}\n{d}");
-    }
 }
 
 fn sha256_hex(b: &[u8]) -> String {

@@ -9,7 +9,7 @@ use std::process::Command;
 use serde_json::Value;
 use spackfs::buildcache::buildinfo::BuildInfo;
 use spackfs::buildcache::manifest::{Manifest, MEDIA_SPEC, MEDIA_TARBALL};
-use spackfs::catalog::maybe_gunzip;
+use spackfs::mirror::maybe_gunzip;
 use spackfs::writer::MirrorWriter;
 
 fn fixtures() -> Option<PathBuf> {

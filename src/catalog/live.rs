@@ -1,11 +1,14 @@
 //! The catalog of a mount: every available package at its path under the mount point, its
-//! state (remote, fetching, ready, failed), and single-flight materialisation into the store
-//! with DAG-aware prefetch. Callers never block: `ensure` is a future that the FUSE adapter
-//! awaits on the runtime while its threads keep serving.
+//! state (remote, fetching, ready, failed), single-flight materialisation into the store
+//! with DAG-aware prefetch and mirror failover, and the index refresh that makes new
+//! packages appear (and unused vanished ones leave) without a remount. Callers never block:
+//! `ensure` is a future that the FUSE adapter awaits on the runtime while its threads keep
+//! serving. Package numbers are stable for the life of the mount.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
@@ -35,6 +38,8 @@ pub enum State {
         key: String,
         timings: Option<Timings>,
         signer: Option<String>,
+        /// The mirror it came from.
+        mirror: String,
     },
     Failed {
         failure: Failure,
@@ -63,27 +68,56 @@ enum Slot {
 }
 
 /// A package at its place under the mount point.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct LivePackage {
-    pub node: SpecNode,
+    pub node: Arc<SpecNode>,
     /// Path relative to the mount point (the projection).
     pub rel_path: String,
+    /// Listed under the mount point now (a package that left every index, unused, is not).
+    listed: AtomicBool,
 }
 
-/// The mount's view of one mirror.
+impl LivePackage {
+    pub fn is_listed(&self) -> bool {
+        self.listed.load(Ordering::Relaxed)
+    }
+}
+
+/// Packages that appeared under the mount point, or left it, after an index refresh.
+#[derive(Debug, Default, Clone)]
+pub struct NamespaceChange {
+    pub added: Vec<usize>,
+    pub removed: Vec<usize>,
+}
+
+/// What the mount (the file system) is told about changes of the catalog.
+pub trait Observer: Send + Sync {
+    /// Package `pkg` left the cache: forget its inodes and the kernel's entries.
+    fn evicted(&self, pkg: usize);
+    /// Packages appeared or left the mount's listing (`live` answers what they are).
+    fn changed(&self, change: &NamespaceChange, live: &LiveCatalog);
+}
+
+/// The packages of a mount, by stable number.
+#[derive(Default)]
+struct Packages {
+    list: Vec<Arc<LivePackage>>,
+    by_hash: HashMap<String, usize>,
+}
+
+/// The mount's view of its mirrors.
 pub struct LiveCatalog {
     catalog: Arc<Catalog>,
     target: Target,
     store: Arc<Store>,
-    packages: Vec<LivePackage>,
-    by_hash: HashMap<String, usize>,
+    packages: RwLock<Packages>,
     slots: Mutex<HashMap<String, Slot>>,
     backoff: Duration,
     mounted_at: SystemTime,
     /// The order of recorded uses: a counter, and its value at each prefix's last use.
     last_use: Mutex<(u64, HashMap<String, u64>)>,
-    /// Drops the kernel's entries of an evicted package (set by the mount).
-    invalidator: std::sync::OnceLock<Box<dyn Fn(usize) + Send + Sync>>,
+    /// The file system's side of evictions and namespace changes (set by the mount).
+    observer: std::sync::OnceLock<Box<dyn Observer>>,
 }
 
 impl LiveCatalog {
@@ -93,33 +127,123 @@ impl LiveCatalog {
         store: Arc<Store>,
         backoff: Duration,
     ) -> Self {
-        let mut packages = Vec::new();
-        let mut by_hash = HashMap::new();
-        for e in catalog.available() {
-            let Ok(rel) = target.projection.format(&e.node, None) else {
+        let live = LiveCatalog {
+            catalog,
+            target,
+            store,
+            packages: RwLock::default(),
+            slots: Mutex::new(HashMap::new()),
+            backoff,
+            mounted_at: SystemTime::now(),
+            observer: std::sync::OnceLock::new(),
+            last_use: Mutex::new((0, HashMap::new())),
+        };
+        live.sync_namespace();
+        live
+    }
+
+    /// Bring the package list in line with the catalog's namespace: new packages are added
+    /// (numbers are never reused), packages that left every index are unlisted unless they
+    /// are ready or being fetched (in use, or just used: they never vanish under a user).
+    fn sync_namespace(&self) -> NamespaceChange {
+        let ns = self.catalog.namespace();
+        let mut change = NamespaceChange::default();
+        let mut available = HashSet::new();
+        let mut pk = self.packages.write().unwrap();
+        for e in ns.available() {
+            available.insert(e.node.hash.as_str());
+            if let Some(&i) = pk.by_hash.get(&e.node.hash) {
+                if !pk.list[i].listed.swap(true, Ordering::Relaxed) {
+                    change.added.push(i);
+                }
+                continue;
+            }
+            let Ok(rel) = self.target.projection.format(&e.node, None) else {
                 tracing::warn!(
                     "{}: cannot place it under the mount point",
                     e.node.display()
                 );
                 continue;
             };
-            by_hash.insert(e.node.hash.clone(), packages.len());
-            packages.push(LivePackage {
+            let i = pk.list.len();
+            pk.by_hash.insert(e.node.hash.clone(), i);
+            pk.list.push(Arc::new(LivePackage {
                 node: e.node.clone(),
                 rel_path: rel,
-            });
+                listed: AtomicBool::new(true),
+            }));
+            change.added.push(i);
         }
-        LiveCatalog {
-            catalog,
-            target,
-            store,
-            packages,
-            by_hash,
-            slots: Mutex::new(HashMap::new()),
-            backoff,
-            mounted_at: SystemTime::now(),
-            invalidator: std::sync::OnceLock::new(),
-            last_use: Mutex::new((0, HashMap::new())),
+        let mut slots = self.slots.lock().unwrap();
+        for (i, p) in pk.list.iter().enumerate() {
+            if !p.is_listed() || available.contains(p.node.hash.as_str()) {
+                continue;
+            }
+            let busy = matches!(
+                slots.get(&p.node.hash),
+                Some(Slot::InFlight(_)) | Some(Slot::Idle(State::Ready { .. }))
+            );
+            if !busy {
+                p.listed.store(false, Ordering::Relaxed);
+                slots.remove(&p.node.hash);
+                change.removed.push(i);
+            }
+        }
+        change
+    }
+
+    /// Refresh the mirrors' indexes every `ttl` (conditional requests), apply what changed
+    /// to the mount, and keep the new indexes for offline use.
+    pub fn start_refresh(self: &Arc<Self>, ttl: Duration) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(ttl);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(this) = weak.upgrade() else { return };
+                this.refresh().await;
+            }
+        });
+    }
+
+    /// One index refresh; returns what changed under the mount point.
+    pub async fn refresh(&self) -> NamespaceChange {
+        if !self.catalog.refresh().await {
+            tracing::debug!("index refresh: nothing changed");
+            return NamespaceChange::default();
+        }
+        let change = self.sync_namespace();
+        tracing::info!(
+            "index refresh: {} package(s) appeared, {} left the mount",
+            change.added.len(),
+            change.removed.len()
+        );
+        self.keep_indexes();
+        if let Some(o) = self.observer.get() {
+            if !change.added.is_empty() || !change.removed.is_empty() {
+                o.changed(&change, self);
+            }
+        }
+        change
+    }
+
+    /// Keep each mirror's verified index in the cache, for mounts while it is unreachable.
+    pub fn keep_indexes(&self) {
+        for (i, m) in self.catalog.set().mirrors().iter().enumerate() {
+            let Some(json) = self.catalog.kept_index_json(i) else {
+                continue;
+            };
+            let kept = self.store.index_path(m.url());
+            let tmp = kept.with_extension("tmp");
+            if let Err(e) = std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, &kept)) {
+                tracing::warn!(
+                    "cannot keep the index of {} at {}: {e}",
+                    m.url(),
+                    kept.display()
+                );
+            }
         }
     }
 
@@ -135,7 +259,7 @@ impl LiveCatalog {
     }
 
     fn evicted(&self, meta: &EntryMeta) {
-        let Some(&idx) = self.by_hash.get(&meta.hash) else {
+        let Some(idx) = self.index_of(&meta.hash) else {
             return;
         };
         tracing::debug!(
@@ -148,21 +272,36 @@ impl LiveCatalog {
             if *key == meta.key {
                 slots.remove(&meta.hash);
                 drop(slots);
-                if let Some(inval) = self.invalidator.get() {
-                    inval(idx);
+                if let Some(o) = self.observer.get() {
+                    o.evicted(idx);
                 }
             }
         }
     }
 
-    /// Set how the kernel is told to forget a package's entries.
-    pub fn set_invalidator(&self, f: Box<dyn Fn(usize) + Send + Sync>) {
-        let _ = self.invalidator.set(f);
+    /// Set the file system's side of evictions and namespace changes.
+    pub fn set_observer(&self, o: Box<dyn Observer>) {
+        let _ = self.observer.set(o);
+    }
+
+    fn index_of(&self, hash: &str) -> Option<usize> {
+        self.packages.read().unwrap().by_hash.get(hash).copied()
+    }
+
+    /// Package number `pkg`.
+    pub fn package(&self, pkg: usize) -> Option<Arc<LivePackage>> {
+        self.packages.read().unwrap().list.get(pkg).cloned()
+    }
+
+    /// Every package (listed or not), by number.
+    pub fn packages(&self) -> Vec<Arc<LivePackage>> {
+        self.packages.read().unwrap().list.clone()
     }
 
     /// Pin the ready prefix of package `pkg` against eviction; returns the key to unpin.
     pub fn pin(&self, pkg: usize) -> Option<String> {
-        let hash = &self.packages.get(pkg)?.node.hash;
+        let p = self.package(pkg)?;
+        let hash = &p.node.hash;
         let key = match self.slots.lock().unwrap().get(hash) {
             Some(Slot::Idle(State::Ready { key, .. })) => key.clone(),
             _ => return None,
@@ -175,12 +314,27 @@ impl LiveCatalog {
         self.store.unpin(key);
     }
 
-    pub fn packages(&self) -> &[LivePackage] {
-        &self.packages
+    /// The mirrors, space-separated, for logs and attributes.
+    pub fn mirror(&self) -> String {
+        self.catalog.mirror()
     }
 
-    pub fn mirror(&self) -> &str {
-        self.catalog.mirror()
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The mirrors whose index lists `hash`, in the order they are asked (space-separated).
+    pub fn listing_mirrors(&self, hash: &str) -> String {
+        let mask = self.catalog.namespace().listed(hash);
+        self.catalog
+            .set()
+            .mirrors()
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| mask & (1u64 << i) != 0)
+            .map(|(_, m)| m.url())
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     pub fn store(&self) -> &Store {
@@ -212,7 +366,7 @@ impl LiveCatalog {
     /// removed by another process, e.g. `spackfs cache gc|verify`): forget it, so that its
     /// next touch materialises it again. Returns whether it was lost.
     pub fn lost(&self, pkg: usize) -> bool {
-        let Some(p) = self.packages.get(pkg) else {
+        let Some(p) = self.package(pkg) else {
             return false;
         };
         let mut slots = self.slots.lock().unwrap();
@@ -227,8 +381,8 @@ impl LiveCatalog {
                 "{}: its cached prefix was removed; it will be fetched again",
                 p.node.display()
             );
-            if let Some(inval) = self.invalidator.get() {
-                inval(pkg);
+            if let Some(o) = self.observer.get() {
+                o.evicted(pkg);
             }
         }
         gone
@@ -236,15 +390,14 @@ impl LiveCatalog {
 
     /// Is package `pkg` ready (as far as this mount knows)?
     pub fn is_ready(&self, pkg: usize) -> bool {
-        self.packages
-            .get(pkg)
+        self.package(pkg)
             .is_some_and(|p| self.ready_path(&p.node.hash).is_some())
     }
 
     /// Record a use of package `pkg` for the cache's LRU order. Repeated uses of the same
     /// prefix with no other use in between are recorded once (no syscall in hot loops).
     pub fn note_use(&self, pkg: usize) {
-        let Some(p) = self.packages.get(pkg) else {
+        let Some(p) = self.package(pkg) else {
             return;
         };
         let key = match self.slots.lock().unwrap().get(&p.node.hash) {
@@ -309,24 +462,19 @@ impl LiveCatalog {
         attempts: u32,
         tx: watch::Sender<Option<Result<PathBuf, Failure>>>,
     ) {
-        let Some(&idx) = self.by_hash.get(&hash) else {
+        let package = self.index_of(&hash).and_then(|i| self.package(i));
+        let Some(node) = package.filter(|p| p.is_listed()).map(|p| p.node.clone()) else {
             let f = Failure {
                 errno: libc::ENOENT,
-                message: Arc::new(format!("{hash} is not in mirror {}", self.mirror())),
+                message: Arc::new(format!("{hash} is not in {}", self.catalog.describe())),
             };
             self.slots.lock().unwrap().remove(&hash);
             let _ = tx.send(Some(Err(f)));
             return;
         };
-        let node = self.packages[idx].node.clone();
         let result = self.materialise(&node).await;
         let state = match &result {
-            Ok((path, key, timings, signer)) => State::Ready {
-                path: path.clone(),
-                key: key.clone(),
-                timings: timings.clone(),
-                signer: signer.clone(),
-            },
+            Ok(ready) => ready.clone(),
             Err(e) => {
                 let failure = Failure {
                     errno: errno_of(e),
@@ -343,9 +491,8 @@ impl LiveCatalog {
                     String::new()
                 };
                 tracing::error!(
-                    "{} from mirror {}: {e}{full} (touching processes get {}; retry after {:?})",
+                    "{}: {e}{full} (touching processes get {}; retry after {:?})",
                     node.display(),
-                    self.mirror(),
                     std::io::Error::from_raw_os_error(failure.errno),
                     delay
                 );
@@ -367,10 +514,7 @@ impl LiveCatalog {
         }));
     }
 
-    async fn materialise(
-        self: &Arc<Self>,
-        node: &SpecNode,
-    ) -> Result<(PathBuf, String, Option<Timings>, Option<String>), CatalogError> {
+    async fn materialise(self: &Arc<Self>, node: &SpecNode) -> Result<State, CatalogError> {
         let start = Instant::now();
         // A prefix made earlier for this root needs no mirror access (offline remounts).
         let projection = self.target.projection.template().to_string();
@@ -384,7 +528,13 @@ impl LiveCatalog {
                         path.display()
                     );
                     self.start_deps(node);
-                    return Ok((path, entry.key, None, entry.signer));
+                    return Ok(State::Ready {
+                        path,
+                        key: entry.key,
+                        timings: None,
+                        signer: entry.signer,
+                        mirror: entry.mirror,
+                    });
                 }
                 Some(damage) => {
                     tracing::warn!(
@@ -396,77 +546,100 @@ impl LiveCatalog {
                 }
             }
         }
-        let meta = self.catalog.meta(node).await?;
-        self.start_deps(meta.node());
-        let key = prefix_key(
-            &meta.tarball_sha256,
-            &self.target.root,
-            &materialise::relocation_targets(&meta, &self.target),
-        );
-        if let Some((path, _)) = self.store.lookup(&key) {
-            crate::metrics::Metrics::inc(&crate::metrics::global().cache_hits, 1);
-            tracing::info!(
-                "{}: ready from the cache ({})",
-                node.display(),
-                path.display()
-            );
-            return Ok((path, key, None, meta.signer.clone()));
-        }
-        let package = node.display();
-        let staging = self
-            .store
-            .new_staging(&node.hash)
-            .map_err(|e| CatalogError::Install {
-                package: package.clone(),
-                mirror: self.mirror().to_string(),
-                source: Box::new(InstallError::Layout {
-                    what: package.clone(),
-                    message: e.to_string(),
-                }),
-            })?;
-        let entry = EntryMeta {
-            key: key.clone(),
-            package: package.clone(),
-            hash: node.hash.clone(),
-            root: self.target.root.clone(),
-            projection: self.target.projection.template().to_string(),
-            mirror: self.mirror().to_string(),
-            tarball_sha256: meta.tarball_sha256.clone(),
-            signer: meta.signer.clone(),
-            size: 0,
-        };
-        let store = self.store.clone();
-        let done = materialise::materialise(
-            &self.catalog,
-            &meta,
-            &self.target,
-            staging,
-            Box::new(move |staged| {
-                store.publish(staged, entry).map_err(|e| match e {
-                    crate::store::StoreError::Io { path, source } => {
-                        InstallError::io(&package, path, source)
+        let ns = self.catalog.namespace();
+        let compiler = ns.compiler_of(node);
+        self.catalog
+            .set()
+            .fetch(
+                node,
+                ns.listed(&node.hash),
+                ns.unindexed(),
+                compiler.as_ref(),
+                |mirror, meta| async move {
+                    self.start_deps(meta.node());
+                    let key = prefix_key(
+                        &meta.tarball_sha256,
+                        &self.target.root,
+                        &materialise::relocation_targets(&meta, &self.target),
+                    );
+                    if let Some((path, _)) = self.store.lookup(&key) {
+                        crate::metrics::Metrics::inc(&crate::metrics::global().cache_hits, 1);
+                        tracing::info!(
+                            "{}: ready from the cache ({})",
+                            node.display(),
+                            path.display()
+                        );
+                        return Ok(State::Ready {
+                            path,
+                            key,
+                            timings: None,
+                            signer: meta.signer.clone(),
+                            mirror: mirror.url().to_string(),
+                        });
                     }
-                })
-            }),
-        )
-        .await?;
-        let dest = self.store.prefix_path(&key);
-        let mut timings = done.timings.clone();
-        timings.verify = meta.verify_time;
-        timings.total = start.elapsed();
-        tracing::info!(
-            "{}: Successfully materialised {}\n  {}",
-            node.name,
-            node.stem(),
-            timings
-        );
-        Ok((dest, key, Some(timings), meta.signer.clone()))
+                    let package = node.display();
+                    let staging = self.store.new_staging(&node.hash).map_err(|e| {
+                        let crate::store::StoreError::Io { path, source } = e;
+                        CatalogError::Install {
+                            package: package.clone(),
+                            mirror: mirror.url().to_string(),
+                            source: Box::new(InstallError::io(&package, path, source)),
+                        }
+                    })?;
+                    let entry = EntryMeta {
+                        key: key.clone(),
+                        package: package.clone(),
+                        hash: node.hash.clone(),
+                        root: self.target.root.clone(),
+                        projection: self.target.projection.template().to_string(),
+                        mirror: mirror.url().to_string(),
+                        tarball_sha256: meta.tarball_sha256.clone(),
+                        signer: meta.signer.clone(),
+                        size: 0,
+                    };
+                    let store = self.store.clone();
+                    let done = materialise::materialise(
+                        &mirror,
+                        &meta,
+                        &self.target,
+                        staging,
+                        Box::new(move |staged| {
+                            store.publish(staged, entry).map_err(|e| match e {
+                                crate::store::StoreError::Io { path, source } => {
+                                    InstallError::io(&package, path, source)
+                                }
+                            })
+                        }),
+                    )
+                    .await?;
+                    let dest = self.store.prefix_path(&key);
+                    let mut timings = done.timings.clone();
+                    timings.verify = meta.verify_time;
+                    timings.total = start.elapsed();
+                    tracing::info!(
+                        "{}: Successfully materialised {} from {}\n  {}",
+                        node.name,
+                        node.stem(),
+                        mirror.url(),
+                        timings
+                    );
+                    Ok(State::Ready {
+                        path: dest,
+                        key,
+                        timings: Some(timings),
+                        signer: meta.signer.clone(),
+                        mirror: mirror.url().to_string(),
+                    })
+                },
+            )
+            .await
+            .map_err(CatalogError::from)
     }
 
     /// A binary needs its libraries next: start the link/run dependencies in the mirror.
     fn start_deps(self: &Arc<Self>, node: &SpecNode) {
         for e in &node.deps {
-            if (e.is("link") || e.is("run")) && self.by_hash.contains_key(&e.hash) {
+            if (e.is("link") || e.is("run")) && self.index_of(&e.hash).is_some() {
                 let _ = self.start(&e.hash);
             }
         }
@@ -475,10 +648,12 @@ impl LiveCatalog {
     /// A Spack database (format doc 3) naming every package at its prefix under the mount
     /// point, so that Spack can use the mount as an upstream.
     pub fn spack_db(&self) -> Vec<u8> {
+        let pk = self.packages.read().unwrap();
+        let listed: Vec<&Arc<LivePackage>> = pk.list.iter().filter(|p| p.is_listed()).collect();
         let mut refs: HashMap<&str, u64> = HashMap::new();
-        for p in &self.packages {
+        for p in &listed {
             for d in &p.node.deps {
-                if self.by_hash.contains_key(&d.hash) {
+                if pk.by_hash.contains_key(&d.hash) {
                     *refs.entry(d.hash.as_str()).or_default() += 1;
                 }
             }
@@ -489,7 +664,7 @@ impl LiveCatalog {
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
         let mut installs = serde_json::Map::new();
-        for p in &self.packages {
+        for p in &listed {
             let mut spec: Value = p.node.raw.clone();
             if let Some(o) = spec.as_object_mut() {
                 o.insert("hash".into(), Value::String(p.node.hash.clone()));
@@ -511,17 +686,26 @@ impl LiveCatalog {
     }
 }
 
-/// The errno a process touching a failed package gets.
+/// The errno a process touching a failed package gets: ENOSPC when the cache is full,
+/// EACCES when every mirror failed its trust check, ENOENT when no mirror has it, else EIO.
 pub fn errno_of(e: &CatalogError) -> i32 {
-    match e {
-        CatalogError::Trust { .. } => libc::EACCES,
-        CatalogError::NotInMirror { .. } | CatalogError::NoMatch { .. } => libc::ENOENT,
-        CatalogError::Install { source, .. } => match source.as_ref() {
-            InstallError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull => {
-                libc::ENOSPC
-            }
-            _ => libc::EIO,
-        },
-        _ => libc::EIO,
+    let attempts = e.attempts();
+    let full = attempts.iter().any(|a| {
+        matches!(a, CatalogError::Install { source, .. }
+            if matches!(source.as_ref(), InstallError::Io { source, .. }
+                if source.kind() == std::io::ErrorKind::StorageFull))
+    });
+    if full {
+        libc::ENOSPC
+    } else if !attempts.is_empty()
+        && attempts
+            .iter()
+            .all(|a| matches!(a, CatalogError::Mirror(m) if m.is_trust()))
+    {
+        libc::EACCES
+    } else if e.is_absent() {
+        libc::ENOENT
+    } else {
+        libc::EIO
     }
 }

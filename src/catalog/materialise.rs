@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio_util::io::{StreamReader, SyncIoBridge};
-
 use super::{Catalog, CatalogError, PackageMeta};
 use crate::buildcache::projection::Projection;
 use crate::buildcache::spec::SpecNode;
 use crate::install::relocate::map::RelocationMap;
 use crate::install::{self, InstallError, Limits};
+use crate::mirror::{Mirror, MirrorError};
+use crate::transport::pump::pump;
 
 /// Where and how to install.
 #[derive(Debug, Clone)]
@@ -76,85 +76,106 @@ pub enum Outcome {
     },
 }
 
-/// Install one package into `target` (its prefix under the install root).
+/// Install one package into `target` (its prefix under the install root), from the first
+/// mirror that serves it whole and verified.
 pub async fn install_one(
     catalog: &Catalog,
     node: &SpecNode,
     target: &Target,
 ) -> Result<Outcome, CatalogError> {
     let start = Instant::now();
-    let meta = catalog.meta(node).await?;
-    let fetched = start.elapsed();
-    let prefix = target
-        .prefix_of(meta.node(), Some(&meta.dag))
-        .map_err(|e| catalog.format_err(e))?;
-    if prefix.exists() {
-        return Ok(Outcome::AlreadyInstalled { prefix });
-    }
-    let staging_parent = PathBuf::from(&target.root).join(".spackfs-staging");
-    let staging = staging_dir(&staging_parent, &node.hash).map_err(|e| CatalogError::Install {
-        package: node.display(),
-        mirror: catalog.mirror().to_string(),
-        source: Box::new(InstallError::io(&node.display(), &staging_parent, e)),
-    })?;
-    let dest = prefix.clone();
-    let what = node.display();
-    let done = materialise(
-        catalog,
-        &meta,
-        target,
-        staging,
-        Box::new(move |staged| publish(staged, &dest, &what)),
-    )
-    .await?;
-    let mut timings = done.timings.clone();
-    timings.verify = meta.verify_time;
-    timings.fetch = fetched.saturating_sub(meta.verify_time);
-    timings.total = start.elapsed();
-    tracing::info!(
-        "{}: Successfully installed {} at {}\n  {}",
-        node.name,
-        node.stem(),
-        prefix.display(),
-        timings
-    );
-    Ok(done.outcome(prefix, timings))
+    let ns = catalog.namespace();
+    let compiler = ns.compiler_of(node);
+    catalog
+        .set()
+        .fetch(
+            node,
+            ns.listed(&node.hash),
+            ns.unindexed(),
+            compiler.as_ref(),
+            |mirror, meta| async move {
+                let fetched = start.elapsed();
+                let prefix = target
+                    .prefix_of(meta.node(), Some(&meta.dag))
+                    .map_err(|e| format_error(&mirror, e))?;
+                if prefix.exists() {
+                    return Ok(Outcome::AlreadyInstalled { prefix });
+                }
+                let staging_parent = PathBuf::from(&target.root).join(".spackfs-staging");
+                let staging = staging_dir(&staging_parent, &node.hash).map_err(|e| {
+                    CatalogError::Install {
+                        package: node.display(),
+                        mirror: mirror.url().to_string(),
+                        source: Box::new(InstallError::io(&node.display(), &staging_parent, e)),
+                    }
+                })?;
+                let dest = prefix.clone();
+                let what = node.display();
+                let done = materialise(
+                    &mirror,
+                    &meta,
+                    target,
+                    staging,
+                    Box::new(move |staged| publish(staged, &dest, &what)),
+                )
+                .await?;
+                let mut timings = done.timings.clone();
+                timings.verify = meta.verify_time;
+                timings.fetch = fetched.saturating_sub(meta.verify_time);
+                timings.total = start.elapsed();
+                tracing::info!(
+                    "{}: Successfully installed {} at {} from {}\n  {}",
+                    node.name,
+                    node.stem(),
+                    prefix.display(),
+                    mirror.url(),
+                    timings
+                );
+                Ok(done.outcome(prefix, timings))
+            },
+        )
+        .await
+        .map_err(CatalogError::from)
+}
+
+/// A format error of metadata from `mirror`.
+pub fn format_error(mirror: &Mirror, source: crate::buildcache::FormatError) -> CatalogError {
+    CatalogError::Mirror(MirrorError::Format {
+        mirror: mirror.url().to_string(),
+        source,
+    })
 }
 
 /// Publishes a finished prefix from staging; false when someone else published it first.
 pub type Publish = Box<dyn FnOnce(&Path) -> Result<bool, InstallError> + Send>;
 
-/// Stream, verify, extract and relocate a package for `target` in `staging` (on the file
-/// system of its destination), then hand the finished prefix to `publish`.
+/// Stream, verify, extract and relocate a package from `mirror` for `target` in `staging`
+/// (on the file system of its destination), then hand the finished prefix to `publish`.
+/// The tarball is pumped from the transport into the blocking pipeline with read-ahead;
+/// when the stream breaks, the error is the transport's (the mirror's), whatever the
+/// pipeline made of the missing bytes.
 pub async fn materialise(
-    catalog: &Catalog,
+    mirror: &Mirror,
     meta: &PackageMeta,
     target: &Target,
     staging: tempfile::TempDir,
     publish: Publish,
 ) -> Result<Done, CatalogError> {
     let package = meta.node().display();
-    let wrap = |source: InstallError| CatalogError::Install {
-        package: package.clone(),
-        mirror: catalog.mirror().to_string(),
-        source: Box::new(source),
-    };
     tracing::debug!(
         "{package}: fetching blob {} from {}",
         meta.tarball_path,
-        catalog.mirror()
+        mirror.url()
     );
-    let stream = catalog
-        .store()
-        .get(&meta.tarball_path)
-        .await
-        .map_err(|source| CatalogError::Blob {
-            package: package.clone(),
-            source,
-        })?;
+    let blob_err = |source| CatalogError::Blob {
+        package: package.clone(),
+        mirror: mirror.url().to_string(),
+        source: Box::new(source),
+    };
+    let stream = mirror.tarball(meta).await.map_err(blob_err)?;
     let metrics = crate::metrics::global();
     crate::metrics::Metrics::inc(&metrics.blobs_fetched, 1);
-    let reader = SyncIoBridge::new(StreamReader::new(stream));
+    let (reader, failure) = pump(stream, mirror.url(), &meta.tarball_path);
     let job = Job {
         meta: meta.clone(),
         target: target.clone(),
@@ -162,11 +183,22 @@ pub async fn materialise(
         publish,
         what: package.clone(),
     };
-    let result = tokio::task::spawn_blocking(move || job.run(reader))
-        .await
-        .expect("install task panicked");
+    let result = match tokio::task::spawn_blocking(move || job.run(reader)).await {
+        Ok(r) => r,
+        Err(e) => Err(InstallError::Layout {
+            what: package.clone(),
+            message: format!("the install task failed: {e}"),
+        }),
+    };
     drop(staging);
-    let done = result.map_err(wrap)?;
+    if let Some(t) = failure.take() {
+        return Err(blob_err(t));
+    }
+    let done = result.map_err(|source| CatalogError::Install {
+        package: package.clone(),
+        mirror: mirror.url().to_string(),
+        source: Box::new(source),
+    })?;
     crate::metrics::Metrics::inc(&metrics.bytes_fetched, done.compressed);
     if done.published {
         crate::metrics::Metrics::inc(&metrics.packages_materialised, 1);
@@ -313,10 +345,10 @@ pub fn install_sbang(root: &Path) -> std::io::Result<()> {
 /// Install several packages, `jobs` at a time. Results come back in input order.
 pub async fn install_many(
     catalog: Arc<Catalog>,
-    nodes: Vec<SpecNode>,
+    nodes: Vec<Arc<SpecNode>>,
     target: Target,
     jobs: usize,
-) -> Vec<(SpecNode, Result<Outcome, CatalogError>)> {
+) -> Vec<(Arc<SpecNode>, Result<Outcome, CatalogError>)> {
     let sem = Arc::new(tokio::sync::Semaphore::new(jobs.max(1)));
     let target = Arc::new(target);
     let mut handles = Vec::new();

@@ -1,48 +1,35 @@
-//! The catalog: which packages a mirror offers (from its index, or by listing manifests),
-//! where each one's prefix lies under an install root, and the verified metadata of each
-//! package (trusted manifest bound to its spec). `materialise` drives the install pipeline.
+//! The catalog: the packages the configured mirrors offer, merged by DAG hash (each entry
+//! knows which mirrors' indexes list it), where each package's prefix lies under an install
+//! root, the install closure of a request, and index refresh (a changed index is parsed
+//! beside the namespace in use and swapped in). Verified metadata and failover come from
+//! `mirror`; `materialise` drives the install pipeline, `live` is the mount's state.
 
 pub mod live;
 pub mod materialise;
 
 use std::collections::{HashMap, HashSet, VecDeque};
-
-use futures::StreamExt;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 
 use indexmap::IndexMap;
 
-use crate::buildcache::layout::{self, Layout};
-use crate::buildcache::manifest::{self, Manifest};
+use crate::buildcache::index::{self, IndexRecord};
 use crate::buildcache::projection::Projection;
 use crate::buildcache::spec::{SpecDag, SpecNode};
-use crate::buildcache::{index, FormatError};
-use crate::install::hashing::sha256_hex;
+use crate::buildcache::FormatError;
 use crate::install::InstallError;
-use crate::transport::{BlobStore, TransportError};
-use crate::trust::{Keyring, TrustError};
+use crate::mirror::index::{IndexRead, IndexSource};
+use crate::mirror::set::{Classify, Exhausted, MirrorMask, MirrorSet};
+use crate::mirror::{FailureClass, MirrorError};
+use crate::transport::TransportError;
 
-const SMALL_LIMIT: u64 = 64 << 20;
+pub use crate::mirror::{PackageMeta, TrustPolicy};
 
 /// Errors naming the mirror and package at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     #[error(transparent)]
-    Transport(#[from] TransportError),
-    #[error("package {package} from mirror {mirror}: {source}")]
-    Trust {
-        package: String,
-        mirror: String,
-        #[source]
-        source: TrustError,
-    },
-    #[error("mirror {mirror}: {source}")]
-    Format {
-        mirror: String,
-        #[source]
-        source: FormatError,
-    },
+    Mirror(#[from] MirrorError),
     #[error("mirror {mirror}: {source}")]
     Install {
         package: String,
@@ -50,329 +37,96 @@ pub enum CatalogError {
         #[source]
         source: Box<InstallError>,
     },
-    #[error("package {package}: {source}")]
+    #[error("package {package}: tarball from mirror {mirror}: {source}")]
     Blob {
         package: String,
+        mirror: String,
         #[source]
-        source: TransportError,
+        source: Box<TransportError>,
     },
-    #[error("no package matches {spec:?} in mirror {mirror}")]
-    NoMatch { spec: String, mirror: String },
-    #[error("{spec:?} is ambiguous in mirror {mirror}: {candidates}")]
+    #[error("no package matches {spec:?} in {mirrors}")]
+    NoMatch { spec: String, mirrors: String },
+    #[error("{spec:?} is ambiguous in {mirrors}: {candidates}")]
     Ambiguous {
         spec: String,
-        mirror: String,
+        mirrors: String,
         candidates: String,
     },
-    #[error("package {package} is not in mirror {mirror}")]
-    NotInMirror { package: String, mirror: String },
-    #[error("package {package} from mirror {mirror}: {message}")]
-    Integrity {
-        package: String,
-        mirror: String,
-        message: String,
-    },
-    #[error(
-        "mirror {mirror}: neither a v3 nor a v2 build cache (no index and no manifests found)"
-    )]
-    Empty { mirror: String },
+    #[error("{0}")]
+    Exhausted(Box<Exhausted<CatalogError>>),
+    #[error("no mirror could be read: {0}")]
+    NoMirror(String),
 }
 
-/// How manifests are trusted.
-#[derive(Debug, Clone)]
-pub enum TrustPolicy {
-    /// Signatures required, by one of these keys.
-    Require(Keyring),
-    /// Explicitly unsigned: signatures are not checked (signed manifests are read as text).
-    Unsigned,
+impl From<Exhausted<CatalogError>> for CatalogError {
+    fn from(e: Exhausted<CatalogError>) -> Self {
+        CatalogError::Exhausted(Box::new(e))
+    }
 }
 
-/// A package the mirror offers.
+impl Classify for CatalogError {
+    fn class(&self) -> FailureClass {
+        match self {
+            CatalogError::Mirror(e) => e.class(),
+            CatalogError::Install { source, .. } => match source.as_ref() {
+                InstallError::Io { .. } => FailureClass::Local,
+                _ => FailureClass::Package,
+            },
+            // The manifest names the blob: a missing blob is the mirror's defect, not an
+            // absence of the package.
+            CatalogError::Blob { source, .. } if source.is_endpoint_failure() => {
+                FailureClass::Endpoint
+            }
+            CatalogError::Exhausted(e) => e
+                .attempts
+                .last()
+                .map_or(FailureClass::NotFound, |(_, e)| e.class()),
+            _ => FailureClass::Package,
+        }
+    }
+}
+
+impl CatalogError {
+    /// The failures of every attempt (a single error is its own only attempt).
+    pub fn attempts(&self) -> Vec<&CatalogError> {
+        match self {
+            CatalogError::Exhausted(e) => {
+                e.attempts.iter().flat_map(|(_, e)| e.attempts()).collect()
+            }
+            other => vec![other],
+        }
+    }
+
+    /// No mirror holds the package (as opposed to mirrors failing to serve it).
+    pub fn is_absent(&self) -> bool {
+        match self {
+            CatalogError::Exhausted(e) => e.attempts.iter().all(|(_, e)| e.is_absent()),
+            CatalogError::NoMatch { .. } => true,
+            other => other.class() == FailureClass::NotFound,
+        }
+    }
+}
+
+/// A package the mirrors offer.
 #[derive(Debug, Clone)]
 pub struct Entry {
-    pub node: SpecNode,
+    pub node: Arc<SpecNode>,
+    /// Some mirror has its tarball (the index says `in_buildcache`).
     pub in_buildcache: bool,
-    /// v2 spec file name found by listing (when known).
-    v2_spec_path: Option<String>,
+    /// The mirrors whose index lists it as in the build cache.
+    pub mirrors: MirrorMask,
 }
 
-/// The verified metadata of one package.
-#[derive(Debug, Clone)]
-pub struct PackageMeta {
-    pub dag: SpecDag,
-    pub layout: Layout,
-    pub tarball_path: String,
-    pub tarball_sha256: String,
-    pub tarball_size: Option<u64>,
-    /// Fingerprint of the signer, or `None` when unsigned.
-    pub signer: Option<String>,
-    /// Time spent checking the signature.
-    pub verify_time: std::time::Duration,
-}
-
-impl PackageMeta {
-    pub fn node(&self) -> &SpecNode {
-        self.dag.root_node()
-    }
-}
-
-/// The packages of one mirror.
-pub struct Catalog {
-    store: Box<dyn BlobStore>,
-    trust: TrustPolicy,
+/// The merged package list of all mirrors, as of one reading of their indexes.
+#[derive(Debug, Default)]
+pub struct Namespace {
     entries: IndexMap<String, Entry>,
-    /// True when `entries` is the complete list (an index or a listing).
-    complete: bool,
-    meta_cache: Mutex<HashMap<String, PackageMeta>>,
-    /// Built from a kept index because the mirror is unreachable: nothing can be fetched.
-    offline: bool,
+    /// Mirrors without an index (asked directly for any package).
+    unindexed: MirrorMask,
 }
 
-impl Catalog {
-    /// Open a mirror: read its v3 index, else its v2 index, else list its manifests.
-    pub async fn open(store: Box<dyn BlobStore>, trust: TrustPolicy) -> Result<Self, CatalogError> {
-        store.probe().await?;
-        let mut cat = Catalog {
-            store,
-            trust,
-            entries: IndexMap::new(),
-            complete: false,
-            meta_cache: Mutex::new(HashMap::new()),
-            offline: false,
-        };
-        // A mirror may hold both layouts: read both indexes (v3 first, as Spack does).
-        let has_v3 = cat.load_v3_index().await?;
-        let has_v2 = cat.load_v2_index().await?;
-        if has_v3 || has_v2 {
-            cat.complete = true;
-        } else {
-            cat.list_manifests().await?;
-            cat.complete = true;
-            if cat.entries.is_empty() {
-                return Err(CatalogError::Empty {
-                    mirror: cat.mirror().to_string(),
-                });
-            }
-        }
-        Ok(cat)
-    }
-
-    /// A catalog from a kept index (a Spack database), for a mirror that is unreachable:
-    /// it lists packages, and every fetch fails at once.
-    pub fn offline(store: Box<dyn BlobStore>, index_json: &[u8]) -> Result<Self, CatalogError> {
-        let mut cat = Catalog {
-            store,
-            trust: TrustPolicy::Unsigned,
-            entries: IndexMap::new(),
-            complete: true,
-            meta_cache: Mutex::new(HashMap::new()),
-            offline: true,
-        };
-        let what = format!("kept index of {}", cat.mirror());
-        let records = index::parse(index_json, &what).map_err(|e| cat.format_err(e))?;
-        cat.add_records(records);
-        Ok(cat)
-    }
-
-    /// The package list as a Spack database, to keep for offline use.
-    pub fn index_json(&self) -> Vec<u8> {
-        let mut installs = serde_json::Map::new();
-        for (h, e) in &self.entries {
-            installs.insert(
-                h.clone(),
-                serde_json::json!({"spec": e.node.raw, "ref_count": 0, "in_buildcache": e.in_buildcache}),
-            );
-        }
-        serde_json::to_vec(&serde_json::json!({"database": {"version": "8", "installs": installs}}))
-            .expect("JSON serialises")
-    }
-
-    pub fn is_offline(&self) -> bool {
-        self.offline
-    }
-
-    pub fn mirror(&self) -> &str {
-        self.store.url()
-    }
-
-    pub fn store(&self) -> &dyn BlobStore {
-        self.store.as_ref()
-    }
-
-    fn format_err(&self, source: FormatError) -> CatalogError {
-        CatalogError::Format {
-            mirror: self.mirror().to_string(),
-            source,
-        }
-    }
-
-    async fn get_optional(&self, path: &str) -> Result<Option<Vec<u8>>, CatalogError> {
-        match self.store.get_bytes(path, SMALL_LIMIT).await {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    fn add_records(&mut self, records: Vec<index::IndexRecord>) {
-        for r in records {
-            match self.entries.get_mut(&r.node.hash) {
-                // The same hash from two indexes is the same package.
-                Some(e) => e.in_buildcache |= r.in_buildcache,
-                None => {
-                    self.entries.insert(
-                        r.node.hash.clone(),
-                        Entry {
-                            node: r.node,
-                            in_buildcache: r.in_buildcache,
-                            v2_spec_path: None,
-                        },
-                    );
-                }
-            }
-        }
-    }
-
-    async fn load_v3_index(&mut self) -> Result<bool, CatalogError> {
-        let Some(m) = self.get_optional(layout::V3_INDEX_MANIFEST).await? else {
-            return Ok(false);
-        };
-        let what = format!("{}/{}", self.mirror(), layout::V3_INDEX_MANIFEST);
-        let json = if manifest::is_clearsigned(&m) {
-            manifest::clearsigned_text_unverified(&m)
-                .ok_or_else(|| self.format_err(FormatError::invalid(&what, "bad armour")))?
-        } else {
-            m
-        };
-        let man = Manifest::parse(&json, &what).map_err(|e| self.format_err(e))?;
-        let rec = man
-            .find(manifest::MEDIA_INDEX, &what)
-            .map_err(|e| self.format_err(e))?
-            .clone();
-        let blob = self.store.get_bytes(&rec.path(), 1 << 30).await?;
-        if sha256_hex(&blob) != rec.checksum {
-            return Err(self.format_err(FormatError::invalid(
-                &what,
-                format!("index blob {} does not match its sha256", rec.path()),
-            )));
-        }
-        let blob = maybe_gunzip(blob, &what).map_err(|e| self.format_err(e))?;
-        let records = index::parse(&blob, &what).map_err(|e| self.format_err(e))?;
-        self.add_records(records);
-        Ok(true)
-    }
-
-    async fn load_v2_index(&mut self) -> Result<bool, CatalogError> {
-        let Some(blob) = self.get_optional(layout::V2_INDEX).await? else {
-            return Ok(false);
-        };
-        let what = format!("{}/{}", self.mirror(), layout::V2_INDEX);
-        if let Some(h) = self.get_optional("build_cache/index.json.hash").await? {
-            let h = String::from_utf8_lossy(&h[..h.len().min(64)]).to_string();
-            if h.len() == 64 && h != sha256_hex(&blob) {
-                return Err(self.format_err(FormatError::invalid(
-                    &what,
-                    "does not match index.json.hash",
-                )));
-            }
-        }
-        let records = index::parse(&blob, &what).map_err(|e| self.format_err(e))?;
-        self.add_records(records);
-        Ok(true)
-    }
-
-    /// No index: list `v3/manifests/spec/` and `build_cache/`, reading each package's spec.
-    async fn list_manifests(&mut self) -> Result<(), CatalogError> {
-        let mut found: Vec<(String, Layout, String)> = Vec::new();
-        for path in self.store.list(layout::V3_SPEC_DIR).await? {
-            if let Some((_, _, hash)) = layout::parse_v3_spec_manifest(&path) {
-                found.push((hash, Layout::V3, path));
-            }
-        }
-        for path in self.store.list(layout::V2_DIR).await? {
-            if let Some((hash, _)) = layout::parse_v2_spec_file(&path) {
-                found.push((hash, Layout::V2, path));
-            }
-        }
-        // Read every package's spec (unverified here: only to list), a few at a time, in
-        // listing order; v3 before v2 for a hash found in both.
-        let mut seen = HashSet::new();
-        found.retain(|(hash, _, _)| seen.insert(hash.clone()));
-        let this = &*self;
-        let peeked: Vec<_> =
-            futures::stream::iter(found.into_iter().map(|(hash, lay, path)| async move {
-                let dag = match lay {
-                    Layout::V3 => this.peek_v3(&path).await,
-                    Layout::V2 => this.peek_v2(&path).await,
-                };
-                (hash, lay, path, dag)
-            }))
-            .buffered(16)
-            .collect()
-            .await;
-        for (hash, lay, path, dag) in peeked {
-            let dag = match dag {
-                Ok(Some(dag)) => dag,
-                Ok(None) => continue,
-                Err(e) => {
-                    tracing::warn!("mirror {}: skipping {hash}: {e}", self.mirror());
-                    continue;
-                }
-            };
-            // The other nodes of its DAG are known too (in the cache or not: their own
-            // manifests, if any, say so).
-            for n in dag.nodes.values() {
-                if n.hash != hash {
-                    self.entries.entry(n.hash.clone()).or_insert(Entry {
-                        node: n.clone(),
-                        in_buildcache: false,
-                        v2_spec_path: None,
-                    });
-                }
-            }
-            self.entries.insert(
-                hash,
-                Entry {
-                    node: dag.root_node().clone(),
-                    in_buildcache: true,
-                    v2_spec_path: (lay == Layout::V2).then_some(path),
-                },
-            );
-        }
-        Ok(())
-    }
-
-    async fn peek_v3(&self, path: &str) -> Result<Option<SpecDag>, CatalogError> {
-        let raw = self.store.get_bytes(path, SMALL_LIMIT).await?;
-        let text = if manifest::is_clearsigned(&raw) {
-            manifest::clearsigned_text_unverified(&raw).unwrap_or_default()
-        } else {
-            raw
-        };
-        let man = Manifest::parse(&text, path).map_err(|e| self.format_err(e))?;
-        let rec = man
-            .find(manifest::MEDIA_SPEC, path)
-            .map_err(|e| self.format_err(e))?;
-        let blob = self.store.get_bytes(&rec.path(), SMALL_LIMIT).await?;
-        let blob = maybe_gunzip(blob, path).map_err(|e| self.format_err(e))?;
-        Ok(Some(
-            SpecDag::parse(&blob, path).map_err(|e| self.format_err(e))?,
-        ))
-    }
-
-    async fn peek_v2(&self, path: &str) -> Result<Option<SpecDag>, CatalogError> {
-        let raw = self.store.get_bytes(path, SMALL_LIMIT).await?;
-        let text = if manifest::is_clearsigned(&raw) {
-            manifest::clearsigned_text_unverified(&raw).unwrap_or_default()
-        } else {
-            raw
-        };
-        Ok(Some(
-            SpecDag::parse(&text, path).map_err(|e| self.format_err(e))?,
-        ))
-    }
-
-    /// Packages available for install (in the build cache, not external), index order.
+impl Namespace {
+    /// Packages available for install (in a build cache, not external), index order.
     pub fn available(&self) -> impl Iterator<Item = &Entry> {
         self.entries
             .values()
@@ -383,11 +137,252 @@ impl Catalog {
         self.entries.get(hash)
     }
 
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Mirrors whose index lists `hash`.
+    pub fn listed(&self, hash: &str) -> MirrorMask {
+        self.entries.get(hash).map_or(0, |e| e.mirrors)
+    }
+
+    pub fn unindexed(&self) -> MirrorMask {
+        self.unindexed
+    }
+
+    /// The compiler of a node (for v2 file names), looked up among the listed nodes.
+    pub fn compiler_of(&self, node: &SpecNode) -> Option<(String, String)> {
+        crate::buildcache::spec::compiler_of(node, |hash| {
+            self.entries.get(hash).map(|e| e.node.as_ref())
+        })
+    }
+}
+
+/// A mirror's index records, shared by the namespaces made from them.
+type Records = Arc<Vec<(Arc<SpecNode>, bool)>>;
+
+/// What is known of one mirror's package list.
+#[derive(Debug, Default, Clone)]
+struct Source {
+    /// The records of its index (or listing, or kept index); `None` when none was read.
+    records: Option<Records>,
+    /// It has no index and cannot be listed: asked directly.
+    unindexed: bool,
+    /// The records came from the index kept on disk (the mirror was unreachable).
+    kept: bool,
+}
+
+/// The packages of the configured mirrors.
+pub struct Catalog {
+    set: MirrorSet,
+    namespace: RwLock<Arc<Namespace>>,
+    sources: Mutex<Vec<Source>>,
+}
+
+impl Catalog {
+    /// Read the index of every mirror (in parallel). Mirrors that cannot be read are
+    /// returned with their error; the catalog holds what the others list.
+    pub async fn open(set: MirrorSet) -> (Catalog, Vec<(usize, MirrorError)>) {
+        let n = set.len();
+        let cat = Catalog {
+            set,
+            namespace: RwLock::default(),
+            sources: Mutex::new(vec![Source::default(); n]),
+        };
+        let reads = futures::future::join_all(
+            cat.set
+                .mirrors()
+                .iter()
+                .map(|m| async move { m.read_index().await }),
+        )
+        .await;
+        let mut failed = Vec::new();
+        for (i, r) in reads.into_iter().enumerate() {
+            if let Err(e) = cat.apply(i, r) {
+                failed.push((i, e));
+            }
+        }
+        cat.rebuild();
+        (cat, failed)
+    }
+
+    /// Record the outcome of reading mirror `i`'s index; returns whether its list changed.
+    fn apply(&self, i: usize, read: Result<IndexRead, MirrorError>) -> Result<bool, MirrorError> {
+        let m = &self.set.mirrors()[i];
+        match read {
+            Ok(IndexRead::Unchanged) => Ok(false),
+            Ok(IndexRead::Unlisted) => {
+                tracing::info!(
+                    "mirror {}: no index, and it cannot be listed: packages are looked up there directly",
+                    m.url()
+                );
+                let mut sources = self.sources.lock().unwrap();
+                let changed = !sources[i].unindexed || sources[i].records.is_some();
+                sources[i] = Source {
+                    records: None,
+                    unindexed: true,
+                    kept: false,
+                };
+                Ok(changed)
+            }
+            Ok(IndexRead::Fresh { records, source }) => {
+                let available = records.iter().filter(|r| r.in_buildcache).count();
+                tracing::info!(
+                    "mirror {}: {available} packages ({source}{})",
+                    m.url(),
+                    if source == IndexSource::Listing {
+                        ", no index"
+                    } else {
+                        ""
+                    }
+                );
+                self.set_records(i, records, false);
+                Ok(true)
+            }
+            Err(e) => {
+                if e.class() == FailureClass::Endpoint {
+                    m.health().failed(&e.to_string());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn set_records(&self, i: usize, records: Vec<IndexRecord>, kept: bool) {
+        let recs: Vec<(Arc<SpecNode>, bool)> = records
+            .into_iter()
+            .map(|r| (Arc::new(r.node), r.in_buildcache))
+            .collect();
+        self.sources.lock().unwrap()[i] = Source {
+            records: Some(Arc::new(recs)),
+            unindexed: false,
+            kept,
+        };
+    }
+
+    /// Make the merged namespace from every mirror's records.
+    fn rebuild(&self) {
+        let sources = self.sources.lock().unwrap().clone();
+        let mut entries: IndexMap<String, Entry> = IndexMap::new();
+        let mut unindexed = 0;
+        for (i, s) in sources.iter().enumerate() {
+            if s.unindexed {
+                unindexed |= 1u64 << i;
+            }
+            let Some(recs) = &s.records else { continue };
+            for (node, in_cache) in recs.iter() {
+                let bit = if *in_cache { 1u64 << i } else { 0 };
+                match entries.get_mut(&node.hash) {
+                    // The same hash from two indexes is the same package.
+                    Some(e) => {
+                        e.in_buildcache |= *in_cache;
+                        e.mirrors |= bit;
+                    }
+                    None => {
+                        entries.insert(
+                            node.hash.clone(),
+                            Entry {
+                                node: node.clone(),
+                                in_buildcache: *in_cache,
+                                mirrors: bit,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        *self.namespace.write().unwrap() = Arc::new(Namespace { entries, unindexed });
+    }
+
+    /// List mirror `i` from an index kept on disk (a Spack database), because the mirror
+    /// cannot be read now. Its packages are still fetched from it (and verified) on use.
+    pub fn adopt_kept(&self, i: usize, json: &[u8]) -> Result<usize, FormatError> {
+        let what = format!("kept index of {}", self.set.mirrors()[i].url());
+        let records = index::parse(json, &what)?;
+        let n = records.iter().filter(|r| r.in_buildcache).count();
+        self.set_records(i, records, true);
+        self.rebuild();
+        Ok(n)
+    }
+
+    /// Mirror `i`'s package list as a Spack database, to keep for offline use; `None` when
+    /// nothing verified was read from it (a kept index is never re-kept as fresh).
+    pub fn kept_index_json(&self, i: usize) -> Option<Vec<u8>> {
+        let recs = {
+            let sources = self.sources.lock().unwrap();
+            let s = sources.get(i)?;
+            if s.kept {
+                return None;
+            }
+            s.records.clone()?
+        };
+        Some(database_json(recs.iter().map(|(n, c)| (n.as_ref(), *c))))
+    }
+
+    /// Read every mirror's index again (conditional requests): returns whether the merged
+    /// namespace changed. A mirror that fails keeps the list it had.
+    pub async fn refresh(&self) -> bool {
+        let reads = futures::future::join_all(
+            self.set
+                .mirrors()
+                .iter()
+                .map(|m| async move { m.read_index().await }),
+        )
+        .await;
+        let mut changed = false;
+        for (i, r) in reads.into_iter().enumerate() {
+            match self.apply(i, r) {
+                Ok(c) => changed |= c,
+                Err(e) => tracing::warn!(
+                    "index refresh of mirror {}: {e}; keeping the package list it had",
+                    self.set.mirrors()[i].url()
+                ),
+            }
+        }
+        if changed {
+            self.rebuild();
+        }
+        changed
+    }
+
+    /// The current package list.
+    pub fn namespace(&self) -> Arc<Namespace> {
+        self.namespace.read().unwrap().clone()
+    }
+
+    pub fn set(&self) -> &MirrorSet {
+        &self.set
+    }
+
+    /// The mirrors, for messages: `mirror URL` or `mirrors URL1, URL2`.
+    pub fn describe(&self) -> String {
+        let urls: Vec<&str> = self.set.mirrors().iter().map(|m| m.url()).collect();
+        match urls.as_slice() {
+            [one] => format!("mirror {one}"),
+            many => format!("mirrors {}", many.join(", ")),
+        }
+    }
+
+    /// The first mirror's URL (or all of them), for logs and attributes.
+    pub fn mirror(&self) -> String {
+        self.set
+            .mirrors()
+            .iter()
+            .map(|m| m.url())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     /// Resolve `name`, `name@version` or `/hashprefix` to available packages.
-    pub fn resolve(&self, spec: &str) -> Result<Vec<&Entry>, CatalogError> {
+    pub fn resolve(&self, spec: &str) -> Result<Vec<Entry>, CatalogError> {
+        let ns = self.namespace();
         let spec_t = spec.trim();
         let matches: Vec<&Entry> = if let Some(prefix) = spec_t.strip_prefix('/') {
-            self.available()
+            ns.available()
                 .filter(|e| e.node.hash.starts_with(prefix))
                 .collect()
         } else {
@@ -395,19 +390,19 @@ impl Catalog {
                 Some((n, v)) => (n, Some(v)),
                 None => (spec_t, None),
             };
-            self.available()
+            ns.available()
                 .filter(|e| e.node.name == name && version.is_none_or(|v| e.node.version == v))
                 .collect()
         };
         match matches.len() {
             0 => Err(CatalogError::NoMatch {
                 spec: spec.to_string(),
-                mirror: self.mirror().to_string(),
+                mirrors: self.describe(),
             }),
-            1 => Ok(matches),
+            1 => Ok(matches.into_iter().cloned().collect()),
             _ if spec_t.starts_with('/') => Err(CatalogError::Ambiguous {
                 spec: spec.to_string(),
-                mirror: self.mirror().to_string(),
+                mirrors: self.describe(),
                 candidates: matches
                     .iter()
                     .map(|e| e.node.display())
@@ -415,187 +410,35 @@ impl Catalog {
                     .join(", "),
             }),
             // Several builds of one name: install them all, like naming each.
-            _ => Ok(matches),
+            _ => Ok(matches.into_iter().cloned().collect()),
         }
     }
 
-    fn package_err(&self, node: &SpecNode, source: TrustError) -> CatalogError {
-        CatalogError::Trust {
-            package: node.display(),
-            mirror: self.mirror().to_string(),
-            source,
-        }
-    }
-
-    /// Read signed or unsigned text according to the trust policy.
-    fn trusted_text(
-        &self,
-        node: &SpecNode,
-        raw: Vec<u8>,
-        what: &str,
-    ) -> Result<(Vec<u8>, Option<String>), CatalogError> {
-        match &self.trust {
-            TrustPolicy::Require(ring) => {
-                let v = ring
-                    .verify_clearsigned(&raw, what)
-                    .map_err(|e| self.package_err(node, e))?;
-                Ok((v.text, Some(v.signer)))
-            }
-            TrustPolicy::Unsigned => {
-                if manifest::is_clearsigned(&raw) {
-                    let t = manifest::clearsigned_text_unverified(&raw).ok_or_else(|| {
-                        self.format_err(FormatError::invalid(what, "malformed clearsigned text"))
-                    })?;
-                    Ok((t, None))
-                } else {
-                    Ok((raw, None))
-                }
-            }
-        }
-    }
-
-    /// The verified metadata of a package (cached): v3 first, then v2, as Spack does.
+    /// The verified metadata of a package from the first mirror that gives it.
     pub async fn meta(&self, node: &SpecNode) -> Result<PackageMeta, CatalogError> {
-        if let Some(m) = self.meta_cache.lock().unwrap().get(&node.hash) {
-            return Ok(m.clone());
-        }
-        if self.offline {
-            return Err(CatalogError::Transport(TransportError::Unreachable {
-                mirror: self.mirror().to_string(),
-                reason: format!("{} is not in the local cache", node.display()),
-            }));
-        }
-        let meta = match self.meta_v3(node).await? {
-            Some(m) => m,
-            None => match self.meta_v2(node).await? {
-                Some(m) => m,
-                None => {
-                    return Err(CatalogError::NotInMirror {
-                        package: node.display(),
-                        mirror: self.mirror().to_string(),
-                    })
-                }
-            },
-        };
-        let root = meta.node();
-        if root.hash != node.hash {
-            return Err(CatalogError::Integrity {
-                package: node.display(),
-                mirror: self.mirror().to_string(),
-                message: format!(
-                    "the signed metadata found under its name describes another package, {} (a manifest swapped between packages?)",
-                    root.display()
-                ),
-            });
-        }
-        self.meta_cache
-            .lock()
-            .unwrap()
-            .insert(node.hash.clone(), meta.clone());
-        Ok(meta)
-    }
-
-    async fn meta_v3(&self, node: &SpecNode) -> Result<Option<PackageMeta>, CatalogError> {
-        let path = layout::v3_spec_manifest(&node.name, &node.version, &node.hash);
-        let Some(raw) = self.get_optional(&path).await? else {
-            return Ok(None);
-        };
-        let what = format!("manifest {path}");
-        let t = std::time::Instant::now();
-        let (text, signer) = self.trusted_text(node, raw, &what)?;
-        let verify_time = t.elapsed();
-        let man = Manifest::parse(&text, &what).map_err(|e| self.format_err(e))?;
-        let tarball = man
-            .find(manifest::MEDIA_TARBALL, &what)
-            .map_err(|e| self.format_err(e))?
-            .clone();
-        let spec_rec = man
-            .find(manifest::MEDIA_SPEC, &what)
-            .map_err(|e| self.format_err(e))?
-            .clone();
-        let blob = self.store.get_bytes(&spec_rec.path(), SMALL_LIMIT).await?;
-        if sha256_hex(&blob) != spec_rec.checksum {
-            return Err(CatalogError::Integrity {
-                package: node.display(),
-                mirror: self.mirror().to_string(),
-                message: format!("spec blob {} does not match its sha256", spec_rec.path()),
-            });
-        }
-        let swhat = format!("spec blob {}", spec_rec.path());
-        let blob = maybe_gunzip(blob, &swhat).map_err(|e| self.format_err(e))?;
-        let dag = SpecDag::parse(&blob, &swhat).map_err(|e| self.format_err(e))?;
-        Ok(Some(PackageMeta {
-            dag,
-            layout: Layout::V3,
-            tarball_path: tarball.path(),
-            tarball_sha256: tarball.checksum.clone(),
-            tarball_size: Some(tarball.content_length),
-            signer,
-            verify_time,
-        }))
-    }
-
-    fn v2_compiler(&self, node: &SpecNode) -> Option<(String, String)> {
-        crate::buildcache::spec::compiler_of(node, |hash| self.entries.get(hash).map(|e| &e.node))
-    }
-
-    async fn meta_v2(&self, node: &SpecNode) -> Result<Option<PackageMeta>, CatalogError> {
-        let listed = self
-            .entries
-            .get(&node.hash)
-            .and_then(|e| e.v2_spec_path.clone());
-        let candidates = match listed {
-            Some(p) => vec![p],
-            None => {
-                let stem = layout::v2_stem(node, self.v2_compiler(node).as_ref());
-                vec![
-                    layout::v2_spec_file(&stem, true),
-                    layout::v2_spec_file(&stem, false),
-                ]
-            }
-        };
-        let mut found = None;
-        for path in candidates {
-            if let Some(raw) = self.get_optional(&path).await? {
-                found = Some((path, raw));
-                break;
-            }
-        }
-        let Some((path, raw)) = found else {
-            return Ok(None);
-        };
-        let what = format!("spec file {path}");
-        let t = std::time::Instant::now();
-        let (text, signer) = self.trusted_text(node, raw, &what)?;
-        let verify_time = t.elapsed();
-        let dag = SpecDag::parse(&text, &what).map_err(|e| self.format_err(e))?;
-        let sha = dag.binary_checksum.clone().ok_or_else(|| {
-            self.format_err(FormatError::invalid(&what, "no binary_cache_checksum"))
-        })?;
-        let root = dag.root_node();
-        let tarball_path = layout::v2_tarball(root, dag.compiler_of(root).as_ref());
-        // v2 spec files carry no size: ask the transport (cheap, and it catches truncation).
-        let tarball_size = self.store.head(&tarball_path).await?;
-        Ok(Some(PackageMeta {
-            dag,
-            layout: Layout::V2,
-            tarball_path,
-            tarball_sha256: sha,
-            tarball_size,
-            signer,
-            verify_time,
-        }))
+        let ns = self.namespace();
+        let compiler = ns.compiler_of(node);
+        self.set
+            .fetch(
+                node,
+                ns.listed(&node.hash),
+                ns.unindexed(),
+                compiler.as_ref(),
+                |_, meta| async move { Ok::<_, CatalogError>(meta) },
+            )
+            .await
+            .map_err(CatalogError::from)
     }
 
     /// The install closure of the requested packages: each one and its link/run dependencies
-    /// that the mirror has, dependencies first. Externals and absent dependencies are
+    /// that some mirror has, dependencies first. Externals and absent dependencies are
     /// returned separately (to be reported, not fatal).
-    pub async fn closure(&self, requested: &[SpecNode]) -> Result<Closure, CatalogError> {
+    pub async fn closure(&self, requested: &[Arc<SpecNode>]) -> Closure {
+        let ns = self.namespace();
         let mut out = Closure::default();
         let mut seen = HashSet::new();
-        let mut queue: VecDeque<(SpecNode, Option<String>)> =
+        let mut queue: VecDeque<(Arc<SpecNode>, Option<String>)> =
             requested.iter().map(|n| (n.clone(), None)).collect();
-        let mut nodes: HashMap<String, SpecNode> = HashMap::new();
         while let Some((node, parent)) = queue.pop_front() {
             if !seen.insert(node.hash.clone()) {
                 continue;
@@ -605,40 +448,39 @@ impl Catalog {
                     .push((node.display(), parent, "external".into()));
                 continue;
             }
-            let in_mirror = match self.entries.get(&node.hash) {
-                Some(e) => e.in_buildcache,
-                None => !self.complete,
+            let in_mirror = match ns.entry(&node.hash) {
+                Some(e) => e.in_buildcache || ns.unindexed() != 0,
+                None => ns.unindexed() != 0,
             };
             if !in_mirror {
                 out.skipped
-                    .push((node.display(), parent, "not in the mirror".into()));
+                    .push((node.display(), parent, "not in the mirrors".into()));
                 continue;
             }
             // Dependencies come from the package's own spec DAG.
             let dag = match self.meta(&node).await {
                 Ok(m) => m.dag,
-                Err(CatalogError::NotInMirror { .. }) if parent.is_some() => {
+                Err(e) if parent.is_some() && e.is_absent() => {
                     out.skipped
-                        .push((node.display(), parent, "not in the mirror".into()));
+                        .push((node.display(), parent, "not in the mirrors".into()));
                     continue;
                 }
                 Err(e) => {
-                    out.failed.push((node.clone(), e));
+                    out.failed.push((node.as_ref().clone(), e));
                     continue;
                 }
             };
             for e in &dag.root_node().deps {
                 if e.is("link") || e.is("run") {
                     if let Some(dep) = dag.nodes.get(&e.hash) {
-                        queue.push_back((dep.clone(), Some(node.display())));
+                        queue.push_back((Arc::new(dep.clone()), Some(node.display())));
                     }
                 }
             }
             out.order.push(node.hash.clone());
-            nodes.insert(node.hash.clone(), node);
+            out.nodes.insert(node.hash.clone(), node);
         }
-        out.nodes = nodes;
-        Ok(out)
+        out
     }
 
     /// The prefix of `node` under `root`.
@@ -656,29 +498,61 @@ impl Catalog {
     }
 }
 
+/// A Spack database (`{"database":{"version":"8","installs":{…}}}`) of index records,
+/// serialised record by record.
+pub fn database_json<'a>(records: impl Iterator<Item = (&'a SpecNode, bool)>) -> Vec<u8> {
+    let mut out = br#"{"database":{"version":"8","installs":{"#.to_vec();
+    let mut first = true;
+    let mut seen = HashSet::new();
+    for (node, in_cache) in records {
+        if !seen.insert(node.hash.as_str()) {
+            continue;
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        serde_json::to_writer(&mut out, &node.hash).expect("JSON serialises");
+        out.extend_from_slice(br#":{"spec":"#);
+        serde_json::to_writer(&mut out, &node.raw).expect("JSON serialises");
+        out.extend_from_slice(format!(r#","ref_count":0,"in_buildcache":{in_cache}}}"#).as_bytes());
+    }
+    out.extend_from_slice(b"}}}");
+    out
+}
+
 /// The packages to install for a request.
 #[derive(Debug, Default)]
 pub struct Closure {
     /// Hashes to install.
     pub order: Vec<String>,
-    pub nodes: HashMap<String, SpecNode>,
-    /// (package, needed by, why) for externals and dependencies the mirror lacks.
+    pub nodes: HashMap<String, Arc<SpecNode>>,
+    /// (package, needed by, why) for externals and dependencies the mirrors lack.
     pub skipped: Vec<(String, Option<String>, String)>,
     /// Packages whose metadata could not be read or trusted.
     pub failed: Vec<(SpecNode, CatalogError)>,
 }
 
-/// Gunzip when the bytes start with the gzip magic (Spack sniffs spec blobs the same way).
-pub fn maybe_gunzip(blob: Vec<u8>, what: &str) -> Result<Vec<u8>, FormatError> {
-    if blob.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        let mut d = flate2::read::MultiGzDecoder::new(&blob[..]).take(SMALL_LIMIT);
-        std::io::Read::read_to_end(&mut d, &mut out)
-            .map_err(|e| FormatError::invalid(what, format!("bad gzip: {e}")))?;
-        Ok(out)
-    } else {
-        Ok(blob)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_json_round_trips_through_the_index_parser() {
+        let a = SpecNode::from_json(
+            &serde_json::json!({"name":"a","version":"1","hash":"aaa"}),
+            "t",
+        )
+        .unwrap();
+        let b = SpecNode::from_json(
+            &serde_json::json!({"name":"b","version":"2","hash":"bbb"}),
+            "t",
+        )
+        .unwrap();
+        let json = database_json([(&a, true), (&b, false), (&a, false)].into_iter());
+        let recs = index::parse(&json, "t").unwrap();
+        assert_eq!(recs.len(), 2);
+        assert!(recs[0].in_buildcache && !recs[1].in_buildcache);
+        assert_eq!(recs[1].node.name, "b");
     }
 }
-
-use std::io::Read as _;

@@ -213,12 +213,15 @@ pub async fn run(workdir: Option<PathBuf>) -> Result<ExitCode> {
         read_mode: spackfs::fs::ReadMode::Passthrough,
         retry_after: std::time::Duration::from_secs(5),
         limits: Limits::default(),
+        remote: Default::default(),
+        backoff: Default::default(),
+        index_ttl: std::time::Duration::from_secs(600),
     };
     println!(
         "==> mounting it at {} (nothing is fetched yet)",
         mnt.display()
     );
-    let mounted = super::mount::mount(&cfg, &mnt, &opts).await.context(
+    let mounted = super::mount::mount(std::slice::from_ref(&cfg), &mnt, &opts).await.context(
         "spackfs demo mounts a FUSE file system: it needs /dev/fuse and root (or fusermount3 from the fuse3 package)",
     )?;
     let exe = mnt.join(format!("linux-x86_64/demo-hello-1.0-{app_hash}/bin/hello"));

@@ -13,13 +13,19 @@ use spackfs::catalog::Catalog;
 use spackfs::config::MirrorConfig;
 use spackfs::install::Limits;
 
-use super::open_catalog;
+use super::{open_catalog, RemoteArgs};
 
-pub(crate) async fn ls(cfg: &MirrorConfig, root: &str, projection: &str) -> Result<ExitCode> {
-    let catalog = open_catalog(cfg).await?;
+pub(crate) async fn ls(
+    cfgs: &[MirrorConfig],
+    remote: &RemoteArgs,
+    root: &str,
+    projection: &str,
+) -> Result<ExitCode> {
+    let catalog = open_catalog(cfgs, remote).await?;
     let projection = Projection::new(projection)?;
     let mut rows = Vec::new();
-    for e in catalog.available() {
+    let ns = catalog.namespace();
+    for e in ns.available() {
         let node = &e.node;
         let (prefix, size, signer) = match catalog.meta(node).await {
             Ok(m) => (
@@ -87,14 +93,15 @@ impl std::fmt::Display for Summary {
 }
 
 pub(crate) async fn install(
-    cfg: &MirrorConfig,
+    cfgs: &[MirrorConfig],
+    remote: &RemoteArgs,
     root: &std::path::Path,
     projection: &str,
     jobs: usize,
     limits: Limits,
     specs: &[String],
 ) -> Result<Summary> {
-    let catalog = Arc::new(open_catalog(cfg).await?);
+    let catalog = Arc::new(open_catalog(cfgs, remote).await?);
     let projection = Projection::new(projection)?;
     std::fs::create_dir_all(root).with_context(|| format!("creating root {}", root.display()))?;
     let root = std::path::absolute(root)?;
@@ -110,7 +117,7 @@ pub(crate) async fn install(
     for s in specs {
         requested.extend(catalog.resolve(s)?.into_iter().map(|e| e.node.clone()));
     }
-    let closure = catalog.closure(&requested).await?;
+    let closure = catalog.closure(&requested).await;
     for (pkg, parent, why) in &closure.skipped {
         match parent {
             Some(p) => tracing::warn!("skipping {pkg} (needed by {p}): {why}"),

@@ -7,16 +7,20 @@ mod mount;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use spackfs::buildcache::projection::DEFAULT_PROJECTION;
 use spackfs::catalog::{Catalog, TrustPolicy};
-use spackfs::config::MirrorConfig;
+use spackfs::config::{MirrorConfig, Support};
 use spackfs::fs::ReadMode;
 use spackfs::install::Limits;
+use spackfs::mirror::set::{MirrorSet, MAX_MIRRORS};
+use spackfs::mirror::{Backoff, Mirror};
 use spackfs::store::Bound;
+use spackfs::transport::RemoteOptions;
 
 #[derive(Parser)]
 #[command(
@@ -31,10 +35,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// List the packages a mirror offers.
+    /// List the packages the mirrors offer.
     Ls {
+        /// Mirrors: `file://` URLs, paths, `http(s)://` URLs or mirrors.yaml files, in order.
+        #[arg(required = true)]
+        mirrors: Vec<String>,
         #[command(flatten)]
-        mirror: MirrorArgs,
+        trust: TrustArgs,
+        #[command(flatten)]
+        remote: RemoteArgs,
         /// Install root used to show each package's prefix.
         #[arg(long, default_value = "/user-environment")]
         root: String,
@@ -43,8 +52,15 @@ enum Command {
     },
     /// Install packages and their link/run dependencies, like `spack buildcache install`.
     Install {
+        /// The mirror: a `file://` URL, a path, an `http(s)://` URL or a mirrors.yaml.
+        mirror: String,
+        /// More mirrors, tried after MIRROR in this order (repeatable).
+        #[arg(long = "mirror", value_name = "MIRROR")]
+        more_mirrors: Vec<String>,
         #[command(flatten)]
-        mirror: MirrorArgs,
+        trust: TrustArgs,
+        #[command(flatten)]
+        remote: RemoteArgs,
         /// Install root (the new store root).
         #[arg(long)]
         root: PathBuf,
@@ -60,13 +76,19 @@ enum Command {
         #[arg(required = true)]
         specs: Vec<String>,
     },
-    /// Mount a mirror: every package appears installed under MOUNTPOINT, fetched on first
-    /// touch. Runs in the foreground; SIGTERM or SIGINT unmounts and exits.
+    /// Mount mirrors: every package appears installed under MOUNTPOINT, fetched on first
+    /// touch from the first mirror that serves it. Runs in the foreground; SIGTERM or
+    /// SIGINT unmounts and exits.
     Mount {
-        #[command(flatten)]
-        mirror: MirrorArgs,
+        /// Mirrors, in order: `file://` URLs, paths, `http(s)://` URLs or mirrors.yaml files.
+        #[arg(required = true, num_args = 1..)]
+        mirrors: Vec<String>,
         /// Where the packages appear (the install root they are relocated for).
         mountpoint: PathBuf,
+        #[command(flatten)]
+        trust: TrustArgs,
+        #[command(flatten)]
+        remote: RemoteArgs,
         /// Cache of ready prefixes (default /var/cache/spackfs as root, else
         /// $XDG_CACHE_HOME/spackfs).
         #[arg(long)]
@@ -86,6 +108,10 @@ enum Command {
         /// Seconds before a failed package is tried again (doubling on each failure).
         #[arg(long, default_value_t = 5)]
         retry_after: u64,
+        /// How often the mirrors' indexes are checked for new packages (one conditional
+        /// request each when nothing changed), e.g. `10m`, `30s`.
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        index_ttl: Duration,
         #[arg(long, default_value = "64GiB")]
         max_unpacked_size: bytesize::ByteSize,
     },
@@ -130,10 +156,9 @@ enum ReadModeArg {
     Pread,
 }
 
+/// How manifests are trusted.
 #[derive(Args, Clone)]
-struct MirrorArgs {
-    /// The mirror: a `file://` URL, a path, or a Spack/Stackinator `mirrors.yaml`.
-    mirror: String,
+struct TrustArgs {
     /// Trust this key file (armored or binary; repeatable).
     #[arg(long = "key")]
     keys: Vec<PathBuf>,
@@ -145,62 +170,154 @@ struct MirrorArgs {
     unsigned: bool,
 }
 
-impl MirrorArgs {
-    /// The mirror to read: the argument itself (a URL or a mirror directory), or the first
-    /// binary mirror of a Spack/Stackinator `mirrors.yaml`; trust flags apply on top.
-    /// `root` is the install root (for Stackinator's `mount_specific`).
-    fn config(&self, root: &str) -> Result<MirrorConfig> {
-        let path = std::path::Path::new(&self.mirror);
-        let mut cfg = if path.is_file() {
-            let mirrors = spackfs::config::load(path, root)?;
-            let mut mirrors = mirrors.into_iter();
-            let first = mirrors
-                .next()
-                .with_context(|| format!("{} lists no binary mirror", path.display()))?;
-            let rest: Vec<String> = mirrors.map(|m| format!("{} ({})", m.name, m.url)).collect();
-            if !rest.is_empty() {
-                tracing::warn!(
-                    "{} lists several binary mirrors; spackfs reads the first, {} ({}), and not yet {}",
-                    path.display(),
-                    first.name,
-                    first.url,
-                    rest.join(", ")
-                );
-            }
-            first
-        } else {
-            MirrorConfig {
-                name: self.mirror.clone(),
-                url: self.mirror.clone(),
-                signed: true,
-                ..Default::default()
-            }
-        };
-        if self.unsigned {
-            cfg.signed = false;
+/// How remote mirrors are reached.
+#[derive(Args, Clone)]
+pub(crate) struct RemoteArgs {
+    /// Time to connect to a mirror (TCP and TLS), e.g. `5s`.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    connect_timeout: Duration,
+    /// A transfer slower than this many bytes per second over --low-speed-time counts as
+    /// a timeout (0: never).
+    #[arg(long, default_value_t = 1024)]
+    low_speed_limit: u64,
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    low_speed_time: Duration,
+    /// Retries of a transient error (connect error, timeout, 5xx) before a mirror is left.
+    #[arg(long, default_value_t = 1)]
+    retries: usize,
+    /// Extra CA certificates (PEM) trusted for https:// mirrors, besides the system's.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// A failing mirror is skipped for this long (doubling up to 5 minutes), e.g. `5s`.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    mirror_backoff: Duration,
+}
+
+impl RemoteArgs {
+    fn options(&self) -> RemoteOptions {
+        RemoteOptions {
+            connect_timeout: self.connect_timeout,
+            low_speed_limit: self.low_speed_limit,
+            low_speed_time: self.low_speed_time,
+            retries: self.retries,
+            ca_file: self.ca_file.clone(),
+            ..RemoteOptions::default()
         }
-        cfg.key_files.extend(self.keys.iter().cloned());
-        cfg.keyring_dirs.extend(self.keyring.iter().cloned());
-        Ok(cfg)
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff {
+            initial: self.mirror_backoff,
+            max: Backoff::default().max.max(self.mirror_backoff),
+        }
     }
 }
 
-/// Open the catalog of a mirror with its trust policy.
-pub(crate) async fn open_catalog(cfg: &MirrorConfig) -> Result<Catalog> {
-    let trust = if cfg.signed {
-        let ring = cfg.keyring()?;
-        if ring.is_empty() {
-            tracing::warn!(
-                "mirror {} requires signatures but no key is trusted (use --key, --keyring or --unsigned)",
-                cfg.url
-            );
+/// A duration: `10m`, `30s`, `1h 30m`, or plain seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    if let Ok(secs) = s.trim().parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Ok(Duration::from_secs_f64(secs));
         }
-        TrustPolicy::Require(ring)
-    } else {
-        TrustPolicy::Unsigned
-    };
-    let store = spackfs::transport::open(&cfg.url)?;
-    Ok(Catalog::open(store, trust).await?)
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{e} (e.g. 30s, 10m)"))
+}
+
+/// The mirrors named on the command line, in order: URLs and paths as they are, each
+/// mirrors.yaml as the binary mirrors it lists; trust flags apply on top. Mirrors of a kind
+/// this version cannot read are skipped with a warning naming where they were configured.
+/// `root` is the install root (for Stackinator's `mount_specific`).
+fn mirror_configs(args: &[String], trust: &TrustArgs, root: &str) -> Result<Vec<MirrorConfig>> {
+    let mut out = Vec::new();
+    for arg in args {
+        let path = std::path::Path::new(arg);
+        let found = if !arg.contains("://") && path.is_file() {
+            let mirrors = spackfs::config::load(path, root)?;
+            if mirrors.is_empty() {
+                bail!("{} lists no binary mirror", path.display());
+            }
+            mirrors
+        } else {
+            vec![MirrorConfig::from_url(arg)]
+        };
+        for cfg in found {
+            match cfg.support() {
+                Support::Supported => out.push(cfg),
+                Support::NotYet(what) => tracing::warn!(
+                    "{}: {what} are not supported yet: skipping {}",
+                    cfg.origin,
+                    cfg.url
+                ),
+            }
+        }
+    }
+    if out.is_empty() {
+        bail!("no mirror that spackfs can read among {}", args.join(", "));
+    }
+    if out.len() > MAX_MIRRORS {
+        bail!(
+            "{} mirrors configured: at most {MAX_MIRRORS} are supported",
+            out.len()
+        );
+    }
+    for cfg in &mut out {
+        if trust.unsigned {
+            cfg.signed = false;
+        }
+        cfg.key_files.extend(trust.keys.iter().cloned());
+        cfg.keyring_dirs.extend(trust.keyring.iter().cloned());
+    }
+    Ok(out)
+}
+
+/// The mirror set of a configuration: each mirror's transport and trust policy.
+pub(crate) fn mirror_set(
+    cfgs: &[MirrorConfig],
+    opts: &RemoteOptions,
+    backoff: Backoff,
+    absent_ttl: Duration,
+) -> Result<MirrorSet> {
+    let mut mirrors = Vec::new();
+    for cfg in cfgs {
+        let trust = if cfg.signed {
+            let ring = cfg
+                .keyring()
+                .with_context(|| format!("trusted keys of {}", cfg.origin))?;
+            if ring.is_empty() {
+                tracing::warn!(
+                    "mirror {} requires signatures but no key is trusted (use --key, --keyring or --unsigned)",
+                    spackfs::transport::display_url(&cfg.url)
+                );
+            }
+            TrustPolicy::Require(ring)
+        } else {
+            TrustPolicy::Unsigned
+        };
+        let store = spackfs::transport::open(&cfg.url, opts)
+            .with_context(|| format!("opening {}", cfg.origin))?;
+        mirrors.push(Mirror::new(&cfg.name, store, trust, backoff, absent_ttl));
+    }
+    Ok(MirrorSet::new(mirrors))
+}
+
+/// Open the catalog of the mirrors (for `ls` and `install`): mirrors that cannot be read
+/// are reported; with none readable, the (first) error is the command's.
+pub(crate) async fn open_catalog(cfgs: &[MirrorConfig], remote: &RemoteArgs) -> Result<Catalog> {
+    let set = mirror_set(
+        cfgs,
+        &remote.options(),
+        remote.backoff(),
+        Duration::from_secs(600),
+    )?;
+    let (catalog, failed) = Catalog::open(set).await;
+    if failed.len() == cfgs.len() {
+        let (_, first) = failed.into_iter().next().expect("a mirror");
+        return Err(first.into());
+    }
+    for (i, e) in failed {
+        tracing::warn!("{}: {e}; its packages are not listed", cfgs[i].origin);
+    }
+    Ok(catalog)
 }
 
 pub fn main() -> ExitCode {
@@ -230,12 +347,20 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Ls {
-            mirror,
+            mirrors,
+            trust,
+            remote,
             root,
             projection,
-        } => install::ls(&mirror.config(&root)?, &root, &projection).await,
+        } => {
+            let cfgs = mirror_configs(&mirrors, &trust, &root)?;
+            install::ls(&cfgs, &remote, &root, &projection).await
+        }
         Command::Install {
             mirror,
+            more_mirrors,
+            trust,
+            remote,
             root,
             projection,
             jobs,
@@ -247,15 +372,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let limits = Limits {
                 max_unpacked: max_unpacked_size.as_u64(),
             };
-            let summary = install::install(
-                &mirror.config(&std::path::absolute(&root)?.to_string_lossy())?,
-                &root,
-                &projection,
-                jobs,
-                limits,
-                &specs,
-            )
-            .await?;
+            let mut all = vec![mirror];
+            all.extend(more_mirrors);
+            let cfgs =
+                mirror_configs(&all, &trust, &std::path::absolute(&root)?.to_string_lossy())?;
+            let summary =
+                install::install(&cfgs, &remote, &root, &projection, jobs, limits, &specs).await?;
             println!("{summary}");
             Ok(if summary.failed == 0 {
                 ExitCode::SUCCESS
@@ -264,14 +386,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Command::Mount {
-            mirror,
+            mirrors,
             mountpoint,
+            trust,
+            remote,
             cache_dir,
             cache_size,
             projection,
             threads,
             read_mode,
             retry_after,
+            index_ttl,
             max_unpacked_size,
         } => {
             let cache_dir = cache_dir.unwrap_or_else(mount::default_cache_dir);
@@ -290,14 +415,22 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     ReadModeArg::Passthrough => ReadMode::Passthrough,
                     ReadModeArg::Pread => ReadMode::Pread,
                 },
-                retry_after: std::time::Duration::from_secs(retry_after),
+                retry_after: Duration::from_secs(retry_after),
                 limits: Limits {
                     max_unpacked: max_unpacked_size.as_u64(),
                 },
+                remote: remote.options(),
+                backoff: remote.backoff(),
+                index_ttl,
             };
-            let cfg = mirror.config(&std::path::absolute(&mountpoint)?.to_string_lossy())?;
-            let mounted = mount::mount(&cfg, &mountpoint, &opts).await?;
-            mounted.wait_for_signal().await?;
+            let cfgs = mirror_configs(
+                &mirrors,
+                &trust,
+                &std::path::absolute(&mountpoint)?.to_string_lossy(),
+            )?;
+            let signals = mount::Signals::install()?;
+            let mounted = mount::mount(&cfgs, &mountpoint, &opts).await?;
+            mounted.wait_for_signal(signals).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Cache { command, cache_dir } => {

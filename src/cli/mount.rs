@@ -13,9 +13,9 @@ use spackfs::catalog::Catalog;
 use spackfs::config::MirrorConfig;
 use spackfs::fs::{ReadMode, SpackFs};
 use spackfs::install::Limits;
+use spackfs::mirror::{Backoff, FailureClass};
 use spackfs::store::Bound;
-
-use super::open_catalog;
+use spackfs::transport::RemoteOptions;
 
 /// Mount options beyond the mirror.
 pub(crate) struct MountArgs {
@@ -26,6 +26,9 @@ pub(crate) struct MountArgs {
     pub read_mode: ReadMode,
     pub retry_after: std::time::Duration,
     pub limits: Limits,
+    pub remote: RemoteOptions,
+    pub backoff: Backoff,
+    pub index_ttl: std::time::Duration,
 }
 
 /// `/var/cache/spackfs` for root, else `$XDG_CACHE_HOME/spackfs` (or `~/.cache/spackfs`).
@@ -41,6 +44,22 @@ pub(crate) fn default_cache_dir() -> PathBuf {
         .join("spackfs")
 }
 
+/// SIGTERM and SIGINT, caught from before the mount appears.
+pub(crate) struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn install() -> Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+}
+
 /// A running mount.
 pub(crate) struct Mounted {
     session: Option<fuser::BackgroundSession>,
@@ -49,11 +68,11 @@ pub(crate) struct Mounted {
 }
 
 impl Mounted {
-    /// Wait for SIGTERM/SIGINT (or an unmount from outside), then unmount cleanly.
-    pub async fn wait_for_signal(mut self) -> Result<()> {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
+    /// Wait for SIGTERM/SIGINT (or an unmount from outside), then unmount cleanly. The
+    /// handlers are installed before the mount appears, so that a signal sent as soon as
+    /// it serves is not lost (or fatal).
+    pub async fn wait_for_signal(mut self, signals: Signals) -> Result<()> {
+        let Signals { mut term, mut int } = signals;
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
         loop {
             tokio::select! {
@@ -97,9 +116,9 @@ impl Drop for Mounted {
     }
 }
 
-/// Mount a mirror at `mountpoint`.
+/// Mount the mirrors `cfgs` (in order) at `mountpoint`.
 pub(crate) async fn mount(
-    cfg: &MirrorConfig,
+    cfgs: &[MirrorConfig],
     mountpoint: &std::path::Path,
     opts: &MountArgs,
 ) -> Result<Mounted> {
@@ -110,27 +129,44 @@ pub(crate) async fn mount(
         .trim_end_matches('/')
         .to_string();
     let store = Arc::new(spackfs::store::Store::open(&opts.cache_dir, opts.bound)?);
-    let kept = store.index_path(spackfs::transport::open(&cfg.url)?.url());
-    let catalog = match open_catalog(cfg).await {
-        Ok(c) => {
-            // Keep the last good index, for mounts while the mirror is unreachable.
-            let tmp = kept.with_extension("tmp");
-            if std::fs::write(&tmp, c.index_json()).is_ok() {
-                let _ = std::fs::rename(&tmp, &kept);
-            }
-            c
-        }
-        Err(e) => match std::fs::read(&kept) {
-            Ok(index) => {
+    let set = super::mirror_set(cfgs, &opts.remote, opts.backoff, opts.index_ttl)?;
+    let (catalog, failed) = Catalog::open(set).await;
+    let mut listed_any = failed.len() < cfgs.len();
+    let mut first_error = None;
+    for (i, e) in failed {
+        let url = catalog.set().mirrors()[i].url().to_string();
+        let kept = store.index_path(&url);
+        // Only an unreachable mirror is listed from its kept index: one whose index fails
+        // verification lists nothing.
+        let index = match e.class() {
+            FailureClass::Endpoint => std::fs::read(&kept).ok(),
+            _ => None,
+        };
+        match index.map(|json| catalog.adopt_kept(i, &json)) {
+            Some(Ok(n)) => {
+                listed_any = true;
                 tracing::warn!(
-                    "{e:#}; mounting from the index kept at {}: cached packages work, others fail",
+                    "{}: {e}; listing its {n} packages from the index kept at {}: cached packages work, others are fetched once it answers",
+                    cfgs[i].origin,
                     kept.display()
                 );
-                Catalog::offline(spackfs::transport::open(&cfg.url)?, &index)?
             }
-            Err(_) => return Err(e),
-        },
-    };
+            other => {
+                if let Some(Err(ke)) = other {
+                    tracing::warn!("the index kept at {} is unreadable: {ke}", kept.display());
+                }
+                tracing::warn!(
+                    "{}: {e}; nothing is listed from it until it answers (checked every {})",
+                    cfgs[i].origin,
+                    humantime::format_duration(opts.index_ttl)
+                );
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if !listed_any {
+        return Err(first_error.expect("a failed mirror").into());
+    }
     let catalog = Arc::new(catalog);
     let target = Target {
         root,
@@ -138,10 +174,11 @@ pub(crate) async fn mount(
         limits: opts.limits,
     };
     let live = Arc::new(LiveCatalog::new(catalog, target, store, opts.retry_after));
+    live.keep_indexes();
     tracing::info!(
         "mounting {} ({} packages) at {}, cache {}",
-        live.mirror(),
-        live.packages().len(),
+        live.catalog().describe(),
+        live.packages().iter().filter(|p| p.is_listed()).count(),
         path.display(),
         opts.cache_dir.display()
     );
@@ -151,10 +188,11 @@ pub(crate) async fn mount(
         tokio::runtime::Handle::current(),
         opts.read_mode,
     );
-    // The fs moves into the session: keep what eviction needs first.
-    let forgetter = fs.forgetter();
+    // The fs moves into the session: keep what the observer needs first.
+    let parts = fs.observer_parts();
     let session = spackfs::fs::mount::spawn(fs, &path, opts.threads)?;
-    live.set_invalidator(forgetter.with_notifier(session.notifier()));
+    live.set_observer(parts.with_notifier(session.notifier()));
+    live.start_refresh(opts.index_ttl);
     Ok(Mounted {
         session: Some(session),
         path,

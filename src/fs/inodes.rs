@@ -24,6 +24,12 @@ pub enum Node {
     Backed { path: PathBuf, pkg: usize },
 }
 
+/// The leaf of a path being added.
+enum Leaf {
+    New(Node),
+    Existing(u64),
+}
+
 /// The entries of a directory: (inode, kind, name).
 pub type Listing = Arc<Vec<(u64, fuser::FileType, OsString)>>;
 
@@ -35,6 +41,8 @@ pub struct Inodes {
     /// Listings of package directories (immutable while the package is cached), by inode,
     /// with the package they belong to.
     listings: RwLock<HashMap<u64, (usize, Listing)>>,
+    /// Where each package's directory sits: (parent inode, name, inode).
+    packages: RwLock<HashMap<usize, (u64, OsString, u64)>>,
 }
 
 pub const ROOT: u64 = 1;
@@ -67,7 +75,14 @@ impl Inodes {
 
     /// Add a virtual child under a virtual directory, creating intermediate directories.
     pub fn add_path(&self, path: &str, leaf: Node) -> u64 {
+        self.add_path_at(path, Leaf::New(leaf)).0
+    }
+
+    /// Add `path` ending in `leaf`; returns the leaf's inode and the first entry that did
+    /// not exist before as (parent inode, name) — what the kernel may have cached as absent.
+    fn add_path_at(&self, path: &str, leaf: Leaf) -> (u64, Option<(u64, OsString)>) {
         let mut parent = ROOT;
+        let mut first_new = None;
         let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
         for (i, comp) in comps.iter().enumerate() {
             let last = i + 1 == comps.len();
@@ -77,22 +92,77 @@ impl Inodes {
                     continue;
                 }
             }
-            let node = if last {
-                leaf.clone()
-            } else {
-                Node::Dir {
+            let ino = match (&leaf, last) {
+                (Leaf::Existing(ino), true) => *ino,
+                (Leaf::New(node), true) => self.push(node.clone()),
+                (_, false) => self.push(Node::Dir {
                     children: Arc::default(),
-                }
+                }),
             };
-            let ino = self.push(node);
             if let Some(Node::Dir { children }) =
                 self.nodes.write().unwrap().get_mut(parent as usize)
             {
                 Arc::make_mut(children).insert(OsString::from(comp), ino);
             }
+            first_new.get_or_insert((parent, OsString::from(comp)));
             parent = ino;
         }
-        parent
+        (parent, first_new)
+    }
+
+    /// Put package `pkg`'s directory at `path` (again, with its old inode, if it was there
+    /// before). Returns the first new entry, as [`Inodes::add_path_at`].
+    pub fn add_package(&self, path: &str, pkg: usize) -> Option<(u64, OsString)> {
+        let known = self.packages.read().unwrap().get(&pkg).map(|e| e.2);
+        let leaf = match known {
+            Some(ino) => Leaf::Existing(ino),
+            None => Leaf::New(Node::Package { pkg }),
+        };
+        let (ino, first_new) = self.add_path_at(path, leaf);
+        let name = path.rsplit('/').next().unwrap_or(path);
+        let parent = self.parent_of(path);
+        self.packages
+            .write()
+            .unwrap()
+            .insert(pkg, (parent, OsString::from(name), ino));
+        first_new
+    }
+
+    fn parent_of(&self, path: &str) -> u64 {
+        let mut dir = ROOT;
+        let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+        for comp in &comps[..comps.len().saturating_sub(1)] {
+            match self.child(dir, OsStr::new(comp)) {
+                Some(c) => dir = c,
+                None => break,
+            }
+        }
+        dir
+    }
+
+    /// Take package `pkg`'s directory out of its parent (its inode stays valid for whoever
+    /// holds it). Returns (parent inode, name, inode).
+    pub fn remove_package(&self, pkg: usize) -> Option<(u64, OsString, u64)> {
+        let (parent, name, ino) = self.packages.read().unwrap().get(&pkg).cloned()?;
+        if let Some(Node::Dir { children }) = self.nodes.write().unwrap().get_mut(parent as usize) {
+            if children.get(&name) == Some(&ino) {
+                Arc::make_mut(children).remove(&name);
+            }
+        }
+        Some((parent, name, ino))
+    }
+
+    /// Where package `pkg`'s directory sits: (parent inode, name, inode).
+    pub fn package_entry(&self, pkg: usize) -> Option<(u64, OsString, u64)> {
+        self.packages.read().unwrap().get(&pkg).cloned()
+    }
+
+    /// Replace the contents of an in-memory file.
+    pub fn set_file(&self, ino: u64, data: Arc<Vec<u8>>) {
+        if let Some(Node::File { data: d, .. }) = self.nodes.write().unwrap().get_mut(ino as usize)
+        {
+            *d = data;
+        }
     }
 
     /// A virtual directory's child.

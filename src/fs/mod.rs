@@ -23,7 +23,7 @@ use fuser::{
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 
-use crate::catalog::live::{LiveCatalog, State};
+use crate::catalog::live::{LiveCatalog, NamespaceChange, Observer, State};
 use inodes::{Inodes, Node, ROOT};
 
 /// Entries and attributes never change while mounted.
@@ -84,6 +84,8 @@ pub struct SpackFs {
     next_fh: AtomicU64,
     uid: u32,
     gid: u32,
+    /// The inode of `.spack-db/index.json` (rewritten when the namespace changes).
+    db_ino: u64,
 }
 
 impl SpackFs {
@@ -92,9 +94,11 @@ impl SpackFs {
     pub fn new(live: Arc<LiveCatalog>, rt: tokio::runtime::Handle, read_mode: ReadMode) -> Self {
         let inodes = Arc::new(Inodes::new());
         for (i, p) in live.packages().iter().enumerate() {
-            inodes.add_path(&p.rel_path, Node::Package { pkg: i });
+            if p.is_listed() {
+                inodes.add_package(&p.rel_path, i);
+            }
         }
-        inodes.add_path(
+        let db_ino = inodes.add_path(
             ".spack-db/index.json",
             Node::File {
                 data: Arc::new(live.spack_db()),
@@ -128,33 +132,16 @@ impl SpackFs {
             next_fh: AtomicU64::new(1),
             uid,
             gid,
+            db_ino,
         }
     }
 
-    /// For each package (by index): its directory's parent inode, name and inode, so that
-    /// the kernel can be told to forget an evicted package.
-    fn package_entries(&self) -> Vec<(u64, std::ffi::OsString, u64)> {
-        let mut out = vec![(0, std::ffi::OsString::new(), 0); self.live.packages().len()];
-        let mut stack = vec![ROOT];
-        while let Some(dir) = stack.pop() {
-            if let Some(Node::Dir { children }) = self.inodes.get(dir) {
-                for (name, &child) in children.iter() {
-                    match self.inodes.get(child) {
-                        Some(Node::Dir { .. }) => stack.push(child),
-                        Some(Node::Package { pkg }) => out[pkg] = (dir, name.clone(), child),
-                        _ => {}
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    /// What eviction needs from the file system, taken before it moves into the session.
-    pub fn forgetter(&self) -> Forgetter {
-        Forgetter {
-            entries: self.package_entries(),
+    /// What the catalog's observer needs from the file system, taken before it moves into
+    /// the session (the kernel notifier comes from the session).
+    pub fn observer_parts(&self) -> ObserverParts {
+        ObserverParts {
             inodes: self.inodes.clone(),
+            db_ino: self.db_ino,
         }
     }
 
@@ -226,7 +213,9 @@ impl SpackFs {
         R: ErrorReply + Send + 'static,
         F: FnOnce(&Path, R) + Send + 'static,
     {
-        let hash = self.live.packages()[pkg].node.hash.clone();
+        let Some(hash) = self.live.package(pkg).map(|p| p.node.hash.clone()) else {
+            return reply.fail(Errno::ENOENT);
+        };
         if let Some(path) = self.live.ready_path(&hash) {
             if !self.live.lost(pkg) {
                 self.live.note_use(pkg);
@@ -256,23 +245,32 @@ impl SpackFs {
     }
 
     fn package_xattrs(&self, pkg: usize) -> Vec<(String, Vec<u8>)> {
-        let p = &self.live.packages()[pkg];
+        let Some(p) = self.live.package(pkg) else {
+            return Vec::new();
+        };
         let state = self.live.state(&p.node.hash);
         let mut out = vec![
             ("user.spackfs.hash".into(), p.node.hash.clone().into_bytes()),
-            (
-                "user.spackfs.mirror".into(),
-                self.live.mirror().as_bytes().to_vec(),
-            ),
             (
                 "user.spackfs.state".into(),
                 state.name().as_bytes().to_vec(),
             ),
         ];
+        if !matches!(state, State::Ready { .. }) {
+            // Not fetched yet: the mirrors that list it, in the order they are asked.
+            let listing = self.live.listing_mirrors(&p.node.hash);
+            if !listing.is_empty() {
+                out.push(("user.spackfs.mirror".into(), listing.into_bytes()));
+            }
+        }
         match state {
             State::Ready {
-                timings, signer, ..
+                timings,
+                signer,
+                mirror,
+                ..
             } => {
+                out.push(("user.spackfs.mirror".into(), mirror.into_bytes()));
                 out.push((
                     "user.spackfs.signer".into(),
                     signer.unwrap_or_else(|| "unsigned".into()).into_bytes(),
@@ -311,7 +309,7 @@ impl SpackFs {
         ));
         out.push((
             "user.spackfs.mirror".into(),
-            self.live.mirror().as_bytes().to_vec(),
+            self.live.mirror().into_bytes(),
         ));
         out
     }
@@ -325,26 +323,67 @@ impl SpackFs {
     }
 }
 
-/// Makes the mount forget an evicted package: its inodes' cache paths, and the kernel's
-/// entries for its directory.
-pub struct Forgetter {
-    entries: Vec<(u64, std::ffi::OsString, u64)>,
+/// The file system's side of the catalog's changes: forgets evicted packages, adds and
+/// removes package directories after an index refresh, and tells the kernel to drop what it
+/// cached of them (entries, negative entries, directory listings, `.spack-db`).
+pub struct ObserverParts {
     inodes: Arc<Inodes>,
+    db_ino: u64,
 }
 
-impl Forgetter {
-    /// The callback for the live catalog, given the session's notifier.
-    pub fn with_notifier(self, notifier: fuser::Notifier) -> Box<dyn Fn(usize) + Send + Sync> {
-        Box::new(move |pkg| {
-            self.inodes.forget_package(pkg);
-            if let Some((parent, name, ino)) = self.entries.get(pkg) {
-                let r1 = notifier.inval_entry(INodeNo(*parent), name);
-                let r2 = notifier.inval_inode(INodeNo(*ino), 0, -1);
-                tracing::debug!(
-                    "kernel told to forget {name:?} (parent {parent}, inode {ino}): {r1:?} {r2:?}"
-                );
-            }
+impl ObserverParts {
+    /// The observer for the live catalog, given the session's notifier.
+    pub fn with_notifier(self, notifier: fuser::Notifier) -> Box<dyn Observer> {
+        Box::new(KernelObserver {
+            inodes: self.inodes,
+            db_ino: self.db_ino,
+            notifier,
         })
+    }
+}
+
+struct KernelObserver {
+    inodes: Arc<Inodes>,
+    db_ino: u64,
+    notifier: fuser::Notifier,
+}
+
+impl KernelObserver {
+    fn forget_entry(&self, parent: u64, name: &OsStr) {
+        let r1 = self.notifier.inval_entry(INodeNo(parent), name);
+        // The parent's cached listing (FOPEN_CACHE_DIR) and attributes.
+        let r2 = self.notifier.inval_inode(INodeNo(parent), 0, 0);
+        tracing::debug!("kernel told to forget {name:?} in {parent}: {r1:?} {r2:?}");
+    }
+}
+
+impl Observer for KernelObserver {
+    fn evicted(&self, pkg: usize) {
+        self.inodes.forget_package(pkg);
+        if let Some((parent, name, ino)) = self.inodes.package_entry(pkg) {
+            let r1 = self.notifier.inval_entry(INodeNo(parent), &name);
+            let r2 = self.notifier.inval_inode(INodeNo(ino), 0, -1);
+            tracing::debug!(
+                "kernel told to forget {name:?} (parent {parent}, inode {ino}): {r1:?} {r2:?}"
+            );
+        }
+    }
+
+    fn changed(&self, change: &NamespaceChange, live: &LiveCatalog) {
+        for &pkg in &change.removed {
+            if let Some((parent, name, _)) = self.inodes.remove_package(pkg) {
+                self.forget_entry(parent, &name);
+            }
+        }
+        for &pkg in &change.added {
+            let Some(p) = live.package(pkg) else { continue };
+            if let Some((parent, name)) = self.inodes.add_package(&p.rel_path, pkg) {
+                self.forget_entry(parent, &name);
+            }
+        }
+        self.inodes.set_file(self.db_ino, Arc::new(live.spack_db()));
+        let r = self.notifier.inval_inode(INodeNo(self.db_ino), 0, 0);
+        tracing::debug!("kernel told to drop .spack-db/index.json: {r:?}");
     }
 }
 

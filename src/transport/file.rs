@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use tokio_util::io::ReaderStream;
 
-use super::{BlobStore, ByteStream, TransportError};
+use super::{BlobStore, ByteStream, Conditional, TransportError};
 
 /// A mirror in a local directory.
 pub struct FileStore {
@@ -35,7 +35,15 @@ impl FileStore {
         Ok(self.root.join(rel))
     }
 
+    /// "Not found", unless the whole mirror is gone (a disk not mounted, a directory
+    /// moved away): then the mirror is unreachable, not the object absent.
     fn not_found(&self, path: &str) -> TransportError {
+        if !self.root.is_dir() {
+            return TransportError::Unreachable {
+                mirror: self.url.clone(),
+                reason: format!("{} is not a directory", self.root.display()),
+            };
+        }
         TransportError::NotFound {
             mirror: self.url.clone(),
             path: path.to_string(),
@@ -72,12 +80,46 @@ impl BlobStore for FileStore {
         Ok(ReaderStream::with_capacity(file, 256 * 1024).boxed())
     }
 
+    async fn get_if_changed(
+        &self,
+        path: &str,
+        validator: Option<&str>,
+    ) -> Result<Conditional, TransportError> {
+        let full = self.resolve(path)?;
+        let file = tokio::fs::File::open(&full)
+            .await
+            .map_err(|e| self.io(path, e))?;
+        let meta = file.metadata().await.map_err(|e| self.io(path, e))?;
+        if !meta.is_file() {
+            return Err(self.not_found(path));
+        }
+        // A file's identity and change time stand in for an ETag.
+        use std::os::unix::fs::MetadataExt;
+        let tag = format!(
+            "{}-{}.{}-{}",
+            meta.ino(),
+            meta.mtime(),
+            meta.mtime_nsec(),
+            meta.len()
+        );
+        if validator == Some(tag.as_str()) {
+            return Ok(Conditional::Unchanged);
+        }
+        Ok(Conditional::Changed {
+            stream: ReaderStream::with_capacity(file, 256 * 1024).boxed(),
+            validator: Some(tag),
+        })
+    }
+
     async fn head(&self, path: &str) -> Result<Option<u64>, TransportError> {
         let full = self.resolve(path)?;
         match tokio::fs::metadata(&full).await {
             Ok(m) if m.is_file() => Ok(Some(m.len())),
             Ok(_) => Ok(None),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match self.not_found(path) {
+                TransportError::NotFound { .. } => Ok(None),
+                other => Err(other),
+            },
             Err(e) => Err(self.io(path, e)),
         }
     }
@@ -96,7 +138,10 @@ impl BlobStore for FileStore {
         }
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, TransportError> {
+    async fn list(&self, prefix: &str) -> Result<Option<Vec<String>>, TransportError> {
+        if !self.root.is_dir() {
+            return Err(self.not_found(prefix));
+        }
         let base = self.resolve(prefix.trim_end_matches('/'))?;
         let root = self.root.clone();
         let prefix = prefix.to_string();
@@ -130,9 +175,12 @@ impl BlobStore for FileStore {
                 }
             }
             out.sort();
-            Ok(out)
+            Ok(Some(out))
         })
         .await
-        .expect("listing task panicked")
+        .map_err(|e| TransportError::Unreachable {
+            mirror: self.url.clone(),
+            reason: format!("listing failed: {e}"),
+        })?
     }
 }

@@ -14,11 +14,25 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{path_str, strip_ansi};
+use super::{
+    expected_greet_output, path_str, run_program, strip_ansi, FixtureCache, GREET_PROGRAMS,
+};
 
 /// How long a daemon may live before the watchdog kills it (a hung mount must fail the
 /// test, not block it).
 pub const WATCHDOG: Duration = Duration::from_secs(60);
+/// Proxy settings a test's environment may carry: removed from every daemon's.
+pub const PROXY_VARS: [&str; 8] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
+
 /// How long a mount may take to appear.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -162,6 +176,19 @@ pub struct Daemon {
 impl Daemon {
     /// Start `spackfs mount MIRROR MOUNTPOINT --cache-dir CACHE ARGS...` without waiting.
     pub fn spawn(mirror: &Path, mountpoint: &Path, cache: &Path, args: &[&str]) -> Daemon {
+        Daemon::spawn_with(&[path_str(mirror)], mountpoint, cache, args, &[])
+    }
+
+    /// Start `spackfs mount MIRRORS... MOUNTPOINT --cache-dir CACHE ARGS...` with extra
+    /// environment variables (`HTTP_PROXY`…; the proxy variables of the test's own
+    /// environment are removed) without waiting.
+    pub fn spawn_with(
+        mirrors: &[&str],
+        mountpoint: &Path,
+        cache: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let log_dir = tempfile::Builder::new()
             .prefix("sfslog")
             .tempdir_in("/tmp")
@@ -170,12 +197,16 @@ impl Daemon {
         let log = File::create(&log_path).expect("log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_spackfs"));
         cmd.arg("mount")
-            .arg(mirror)
+            .args(mirrors)
             .arg(mountpoint)
             .arg("--cache-dir")
             .arg(cache)
             .args(args)
-            .env_remove("LD_LIBRARY_PATH")
+            .env_remove("LD_LIBRARY_PATH");
+        for v in PROXY_VARS {
+            cmd.env_remove(v);
+        }
+        cmd.envs(env.iter().copied())
             .env("NO_COLOR", "1")
             .env("SPACKFS_LOG", "info")
             .stdin(Stdio::null())
@@ -221,6 +252,20 @@ impl Daemon {
     #[track_caller]
     pub fn mount(mirror: &Path, mountpoint: &Path, cache: &Path, args: &[&str]) -> Daemon {
         let mut d = Daemon::spawn(mirror, mountpoint, cache, args);
+        d.wait_ready();
+        d
+    }
+
+    /// [`Daemon::spawn_with`], then wait until the mount serves.
+    #[track_caller]
+    pub fn mount_with(
+        mirrors: &[&str],
+        mountpoint: &Path,
+        cache: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
+        let mut d = Daemon::spawn_with(mirrors, mountpoint, cache, args, env);
         d.wait_ready();
         d
     }
@@ -391,5 +436,18 @@ pub fn errno_of<T: std::fmt::Debug>(r: std::io::Result<T>, what: &str, d: &Daemo
         Err(e) => e
             .raw_os_error()
             .unwrap_or_else(|| panic!("{what}: no errno in {e}")),
+    }
+}
+
+/// The five greet entry points of fixture cache `cache` print the greeting with the
+/// prefixes under `root`.
+#[track_caller]
+pub fn check_greet_programs(cache: &FixtureCache, root: &Path, d: &Daemon) {
+    let greet = cache.greet_prefix(root);
+    let expected = expected_greet_output(&greet, &cache.libgreet_prefix(root));
+    for program in GREET_PROGRAMS {
+        let run = run_program(greet.join(program), [] as [&str; 0]);
+        assert_eq!(run.code, Some(0), "{program} failed:\n{run}\n{d}");
+        assert_eq!(run.stdout, expected, "output of {program}:\n{run}\n{d}");
     }
 }

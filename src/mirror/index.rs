@@ -1,0 +1,449 @@
+//! A mirror's index: the v3 index (manifest → blob; the blob's sha256 checked against the
+//! manifest, the manifest's signature checked when it is signed), the v2 `index.json`
+//! (checked against `index.json.hash`), or, for a mirror with neither, a listing of its
+//! manifests, each verified as a fetch would (file:// only: plain HTTP cannot list). Index
+//! blobs are read as a stream (hashed, inflated when gzipped and parsed in one pass) and
+//! never cut short. A refresh costs one conditional request per part when nothing changed.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+
+use futures::StreamExt;
+
+use super::{Mirror, MirrorError, TrustPolicy, SMALL_LIMIT};
+use crate::buildcache::index::{self, IndexRecord};
+use crate::buildcache::layout::{self, Layout};
+use crate::buildcache::manifest::{self, Manifest};
+use crate::install::hashing::HashingReader;
+use crate::transport::{self, pump, ByteStream, Conditional, TransportError};
+
+const V2_INDEX_HASH: &str = "build_cache/index.json.hash";
+
+/// What the last successful read saw, for conditional refreshes.
+#[derive(Debug, Default)]
+pub struct IndexState {
+    v3_validator: Option<String>,
+    v3_checksum: Option<String>,
+    v2_validator: Option<String>,
+    v2_checksum: Option<String>,
+    /// The last read found no v2 index beside the v3 one: while the v3 index does not
+    /// change, it is not asked for again (an unchanged refresh is one request).
+    v2_absent: bool,
+    /// Manifest paths of the last listing, with the records each one gave.
+    listed: Option<HashMap<String, Vec<IndexRecord>>>,
+}
+
+/// Where a mirror's package list came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexSource {
+    V3,
+    V2,
+    /// Both layouts, each with its index.
+    V3AndV2,
+    /// No index: the manifests were listed.
+    Listing,
+}
+
+impl std::fmt::Display for IndexSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IndexSource::V3 => "v3 index",
+            IndexSource::V2 => "v2 index",
+            IndexSource::V3AndV2 => "v3 and v2 indexes",
+            IndexSource::Listing => "listing of its manifests",
+        })
+    }
+}
+
+/// The outcome of reading a mirror's index.
+pub enum IndexRead {
+    /// Nothing changed since the last read.
+    Unchanged,
+    /// The (new) package list.
+    Fresh {
+        records: Vec<IndexRecord>,
+        source: IndexSource,
+    },
+    /// No index, and the protocol cannot list: packages are looked up directly.
+    Unlisted,
+}
+
+/// One part of the index (v3 or v2) as a conditional request found it.
+enum Part {
+    Absent,
+    Same,
+    /// Changed: the checksum to expect, and the body when it was already fetched.
+    Changed {
+        validator: Option<String>,
+        checksum: Option<String>,
+        body: Option<ByteStream>,
+        blob_path: String,
+        size: Option<u64>,
+    },
+}
+
+impl Mirror {
+    /// Read the index, or tell that it did not change since the last successful read. The
+    /// state is updated only once everything read was verified.
+    pub async fn read_index(&self) -> Result<IndexRead, MirrorError> {
+        let (v3_validator, v3_checksum, v2_validator, v2_checksum, v2_absent) = {
+            let s = self.index_state.lock().unwrap();
+            (
+                s.v3_validator.clone(),
+                s.v3_checksum.clone(),
+                s.v2_validator.clone(),
+                s.v2_checksum.clone(),
+                s.v2_absent,
+            )
+        };
+        let v3 = self
+            .v3_part(v3_validator.as_deref(), v3_checksum.as_deref())
+            .await?;
+        let v2 = if v2_absent && matches!(v3, Part::Same) {
+            Part::Absent
+        } else {
+            self.v2_part(v2_validator.as_deref(), v2_checksum.as_deref())
+                .await?
+        };
+        match (&v3, &v2) {
+            (Part::Absent, Part::Absent) => return self.read_listing().await,
+            (Part::Same | Part::Absent, Part::Same | Part::Absent) => {
+                return Ok(IndexRead::Unchanged)
+            }
+            _ => {}
+        }
+        // Something changed: read every part anew (a part that did not change is read again
+        // only in the rare mirror that holds both layouts).
+        let mut records = Vec::new();
+        let mut state = IndexState {
+            v2_absent: matches!(v2, Part::Absent),
+            ..IndexState::default()
+        };
+        let source = match (&v3, &v2) {
+            (Part::Absent, _) => IndexSource::V2,
+            (_, Part::Absent) => IndexSource::V3,
+            _ => IndexSource::V3AndV2,
+        };
+        for (layout, part) in [(Layout::V3, v3), (Layout::V2, v2)] {
+            let (validator, checksum, body, blob_path, size) = match part {
+                Part::Absent => continue,
+                Part::Changed {
+                    validator,
+                    checksum,
+                    body,
+                    blob_path,
+                    size,
+                } => (validator, checksum, body, blob_path, size),
+                Part::Same => {
+                    // Unchanged, but needed whole: fetch it unconditionally.
+                    let fresh = match layout {
+                        Layout::V3 => self.v3_part(None, None).await?,
+                        Layout::V2 => self.v2_part(None, None).await?,
+                    };
+                    match fresh {
+                        Part::Changed {
+                            validator,
+                            checksum,
+                            body,
+                            blob_path,
+                            size,
+                        } => (validator, checksum, body, blob_path, size),
+                        _ => continue,
+                    }
+                }
+            };
+            let body = match body {
+                Some(b) => b,
+                None => self.store().get(&blob_path).await?,
+            };
+            let (recs, sum) = self
+                .parse_index_stream(body, &blob_path, checksum.as_deref(), size)
+                .await?;
+            records.extend(recs);
+            match layout {
+                Layout::V3 => {
+                    state.v3_validator = validator;
+                    state.v3_checksum = Some(sum);
+                }
+                Layout::V2 => {
+                    state.v2_validator = validator;
+                    state.v2_checksum = Some(sum);
+                }
+            }
+        }
+        *self.index_state.lock().unwrap() = state;
+        self.clear_absent();
+        Ok(IndexRead::Fresh { records, source })
+    }
+
+    fn index_err(&self, message: impl Into<String>) -> MirrorError {
+        MirrorError::Index {
+            mirror: self.url().to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// The v3 index manifest, conditionally.
+    async fn v3_part(
+        &self,
+        validator: Option<&str>,
+        last_checksum: Option<&str>,
+    ) -> Result<Part, MirrorError> {
+        let path = layout::V3_INDEX_MANIFEST;
+        let (stream, validator) = match self.store().get_if_changed(path, validator).await {
+            Err(e) if e.is_not_found() => return Ok(Part::Absent),
+            Err(e) => return Err(e.into()),
+            Ok(Conditional::Unchanged) => return Ok(Part::Same),
+            Ok(Conditional::Changed { stream, validator }) => (stream, validator),
+        };
+        let raw = transport::collect(stream, SMALL_LIMIT, self.url(), path).await?;
+        let what = format!("{}/{path}", self.url());
+        // Spack never signs the index manifest; a signed one is checked like a spec
+        // manifest, and a bad signature makes the whole index untrusted.
+        let text = if manifest::is_clearsigned(&raw) {
+            match &self.trust {
+                TrustPolicy::Require(ring) => {
+                    let v = ring
+                        .verify_clearsigned(&raw, &what)
+                        .map_err(|e| self.index_err(e.to_string()))?;
+                    tracing::debug!(
+                        "mirror {}: index manifest signed by {}",
+                        self.url(),
+                        v.signer
+                    );
+                    v.text
+                }
+                TrustPolicy::Unsigned => manifest::clearsigned_text_unverified(&raw)
+                    .ok_or_else(|| self.index_err("malformed clearsigned index manifest"))?,
+            }
+        } else {
+            raw
+        };
+        let man = Manifest::parse(&text, &what).map_err(|e| self.index_err(e.to_string()))?;
+        let rec = man
+            .find(manifest::MEDIA_INDEX, &what)
+            .map_err(|e| self.index_err(e.to_string()))?;
+        let checksum = rec.checksum.to_ascii_lowercase();
+        if last_checksum == Some(checksum.as_str()) {
+            // A new manifest for the same blob: remember its validator only.
+            self.index_state.lock().unwrap().v3_validator = validator;
+            return Ok(Part::Same);
+        }
+        Ok(Part::Changed {
+            validator,
+            blob_path: rec.path(),
+            size: Some(rec.content_length),
+            checksum: Some(checksum),
+            body: None,
+        })
+    }
+
+    /// The v2 `index.json` (via `index.json.hash` when there is one), conditionally.
+    async fn v2_part(
+        &self,
+        validator: Option<&str>,
+        last_checksum: Option<&str>,
+    ) -> Result<Part, MirrorError> {
+        match self.store().get_if_changed(V2_INDEX_HASH, validator).await {
+            Ok(Conditional::Unchanged) => return Ok(Part::Same),
+            Ok(Conditional::Changed { stream, validator }) => {
+                let raw = transport::collect(stream, 4096, self.url(), V2_INDEX_HASH).await?;
+                // The hash file may end with a newline: read 64 hex digits.
+                let text = String::from_utf8_lossy(&raw);
+                let sum = text.trim();
+                if sum.len() != 64 || !sum.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(self.index_err(format!(
+                        "{V2_INDEX_HASH} does not hold a sha256 ({:?})",
+                        &sum[..sum.len().min(80)]
+                    )));
+                }
+                let sum = sum.to_ascii_lowercase();
+                if last_checksum == Some(sum.as_str()) {
+                    self.index_state.lock().unwrap().v2_validator = validator;
+                    return Ok(Part::Same);
+                }
+                return Ok(Part::Changed {
+                    validator,
+                    checksum: Some(sum),
+                    body: None,
+                    blob_path: layout::V2_INDEX.to_string(),
+                    size: None,
+                });
+            }
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.into()),
+        }
+        // No hash file: the index itself, conditionally.
+        match self
+            .store()
+            .get_if_changed(layout::V2_INDEX, validator)
+            .await
+        {
+            Err(e) if e.is_not_found() => Ok(Part::Absent),
+            Err(e) => Err(e.into()),
+            Ok(Conditional::Unchanged) => Ok(Part::Same),
+            Ok(Conditional::Changed { stream, validator }) => Ok(Part::Changed {
+                validator,
+                checksum: None,
+                body: Some(stream),
+                blob_path: layout::V2_INDEX.to_string(),
+                size: None,
+            }),
+        }
+    }
+
+    /// Hash, inflate (when gzipped) and parse an index blob in one pass; the sha256 (and
+    /// size) must match. Returns the records and the blob's sha256.
+    async fn parse_index_stream(
+        &self,
+        body: ByteStream,
+        path: &str,
+        expected: Option<&str>,
+        size: Option<u64>,
+    ) -> Result<(Vec<IndexRecord>, String), MirrorError> {
+        let (reader, failure) = pump::pump(body, self.url(), path);
+        let what = format!("{}/{path}", self.url());
+        let w = what.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut hashing = HashingReader::new(reader);
+            let parsed = {
+                let mut buf = BufReader::with_capacity(256 * 1024, &mut hashing);
+                match buf.fill_buf() {
+                    Ok([0x1f, 0x8b, ..]) => {
+                        index::parse_reader(flate2::bufread::MultiGzDecoder::new(buf), &w)
+                    }
+                    Ok(_) => index::parse_reader(buf, &w),
+                    Err(e) => Err(crate::buildcache::FormatError::invalid(&w, e.to_string())),
+                }
+            };
+            // Every byte is hashed, even after a parse error: a corrupt blob says so.
+            let finished = hashing.finish();
+            (parsed, finished)
+        })
+        .await;
+        let (parsed, finished) =
+            joined.map_err(|e| self.index_err(format!("reading {path}: {e}")))?;
+        if let Some(t) = failure.take() {
+            return Err(t.into());
+        }
+        let (sum, len) = finished.map_err(|source| TransportError::Io {
+            mirror: self.url().to_string(),
+            path: path.to_string(),
+            source,
+        })?;
+        if let Some(expected) = expected {
+            if !sum.eq_ignore_ascii_case(expected) {
+                return Err(self.index_err(format!(
+                    "index blob {path} does not match its sha256 (expected {expected}, got {sum}): altered or corrupt"
+                )));
+            }
+        }
+        if let Some(size) = size {
+            if size != len {
+                tracing::debug!("{what}: {len} bytes, the manifest says {size}");
+            }
+        }
+        let records = parsed.map_err(|source| MirrorError::Format {
+            mirror: self.url().to_string(),
+            source,
+        })?;
+        Ok((records, sum))
+    }
+
+    /// No index: list `v3/manifests/spec/` and `build_cache/`, reading (and verifying) each
+    /// new package's metadata; unchanged listings answer `Unchanged`.
+    async fn read_listing(&self) -> Result<IndexRead, MirrorError> {
+        let Some(v3_paths) = self.store().list(layout::V3_SPEC_DIR).await? else {
+            return Ok(IndexRead::Unlisted);
+        };
+        let v2_paths = self.store().list(layout::V2_DIR).await?.unwrap_or_default();
+        let mut found: Vec<(String, Layout, String)> = Vec::new();
+        for path in v3_paths {
+            if let Some((_, _, hash)) = layout::parse_v3_spec_manifest(&path) {
+                found.push((hash, Layout::V3, path));
+            }
+        }
+        for path in v2_paths {
+            if let Some((hash, _)) = layout::parse_v2_spec_file(&path) {
+                found.push((hash, Layout::V2, path));
+            }
+        }
+        // v3 before v2 for a hash found in both.
+        let mut seen = std::collections::HashSet::new();
+        found.retain(|(hash, _, _)| seen.insert(hash.clone()));
+        let previous = self.index_state.lock().unwrap().listed.take();
+        let mut previous = previous.unwrap_or_default();
+        if !previous.is_empty()
+            && previous.len() == found.len()
+            && found.iter().all(|(_, _, p)| previous.contains_key(p))
+        {
+            self.index_state.lock().unwrap().listed = Some(previous);
+            return Ok(IndexRead::Unchanged);
+        }
+        let mut listed: HashMap<String, Vec<IndexRecord>> = HashMap::new();
+        let mut todo = Vec::new();
+        for (hash, lay, path) in found {
+            match previous.remove(&path) {
+                Some(recs) => {
+                    listed.insert(path, recs);
+                }
+                None => todo.push((hash, lay, path)),
+            }
+        }
+        let this = self;
+        let peeked: Vec<_> =
+            futures::stream::iter(todo.into_iter().map(|(hash, lay, path)| async move {
+                let meta = this.meta_listed(lay, &path, &hash).await;
+                (hash, path, meta)
+            }))
+            .buffered(16)
+            .collect()
+            .await;
+        for (hash, path, meta) in peeked {
+            let meta = match meta {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!("mirror {}: not listing {hash}: {e}", self.url());
+                    continue;
+                }
+            };
+            // The package, and the other nodes of its DAG (in the cache or not: their own
+            // manifests, if any, say so).
+            let mut recs = vec![IndexRecord {
+                node: meta.node().clone(),
+                in_buildcache: true,
+            }];
+            recs.extend(
+                meta.dag
+                    .nodes
+                    .values()
+                    .filter(|n| n.hash != hash)
+                    .map(|n| IndexRecord {
+                        node: n.clone(),
+                        in_buildcache: false,
+                    }),
+            );
+            listed.insert(path, recs);
+        }
+        if listed.is_empty() {
+            return Err(MirrorError::Empty {
+                mirror: self.url().to_string(),
+            });
+        }
+        // Packages first (in listing order), then the DAG nodes they name.
+        let mut paths: Vec<&String> = listed.keys().collect();
+        paths.sort();
+        let mut records: Vec<IndexRecord> = Vec::new();
+        for p in &paths {
+            records.push(listed[*p][0].clone());
+        }
+        for p in &paths {
+            records.extend(listed[*p][1..].iter().cloned());
+        }
+        self.index_state.lock().unwrap().listed = Some(listed);
+        Ok(IndexRead::Fresh {
+            records,
+            source: IndexSource::Listing,
+        })
+    }
+}
