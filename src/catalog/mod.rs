@@ -37,7 +37,7 @@ pub enum CatalogError {
         #[source]
         source: Box<InstallError>,
     },
-    #[error("package {package}: tarball from mirror {mirror}: {source}")]
+    #[error("package {package}: tarball: {source}")]
     Blob {
         package: String,
         mirror: String,

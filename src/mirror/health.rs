@@ -66,9 +66,16 @@ impl Health {
         self.state.lock().unwrap().until
     }
 
-    /// An endpoint failure: start (or lengthen) the back-off. Returns its length.
+    /// An endpoint failure: start (or lengthen) the back-off. Returns its length. Failures
+    /// during a back-off (of requests that were already under way) do not lengthen it.
     pub fn failed(&self, error: &str) -> Duration {
         let mut s = self.state.lock().unwrap();
+        let now = Instant::now();
+        if let Some(left) = s.until.and_then(|u| u.checked_duration_since(now)) {
+            if !left.is_zero() {
+                return left;
+            }
+        }
         let shift = s.failures.min(16);
         let delay = self
             .backoff
@@ -76,7 +83,7 @@ impl Health {
             .saturating_mul(1u32 << shift)
             .min(self.backoff.max);
         s.failures = s.failures.saturating_add(1);
-        s.until = Some(Instant::now() + delay);
+        s.until = Some(now + delay);
         s.last_error = Some(error.to_string());
         delay
     }
@@ -115,10 +122,15 @@ mod tests {
         assert!(h.is_healthy());
         assert_eq!(h.failed("x"), Duration::from_secs(2));
         assert!(!h.is_healthy());
-        assert_eq!(h.failed("x"), Duration::from_secs(4));
-        assert_eq!(h.failed("x"), Duration::from_secs(8));
-        assert_eq!(h.failed("x"), Duration::from_secs(10));
-        assert_eq!(h.report().failures, 4);
+        // A failure during the back-off does not lengthen it.
+        assert!(h.failed("x") <= Duration::from_secs(2));
+        assert_eq!(h.report().failures, 1);
+        // Once the back-off is over, each failure doubles it, up to the cap.
+        for expected in [4, 8, 10, 10] {
+            h.state.lock().unwrap().until = Some(Instant::now());
+            assert_eq!(h.failed("x"), Duration::from_secs(expected));
+        }
+        assert_eq!(h.report().failures, 5);
         assert!(h.succeeded());
         assert!(h.is_healthy() && h.report().failures == 0);
         assert_eq!(h.failed("x"), Duration::from_secs(2));

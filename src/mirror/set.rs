@@ -161,7 +161,7 @@ impl MirrorSet {
                     tracing::debug!("{package}: not on mirror {}; trying mirror {n}", m.url())
                 }
                 (_, Some(n)) => tracing::warn!(
-                    "{package}: leaving mirror {} ({e}); trying mirror {n}",
+                    "{package}: leaving mirror {}: {e}; trying mirror {n}",
                     m.url()
                 ),
             }

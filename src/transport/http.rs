@@ -16,9 +16,9 @@
 //! timeout. There is no bound on the total time of a transfer: a multi-GB blob may take as
 //! long as it needs while it keeps moving.
 //!
-//! Transient failures before the body starts (connect errors, timeouts, 5xx, 429, 408, a
-//! connection that broke before the headers) are retried `retries` times with jittered
-//! exponential back-off. A body that breaks (not one that is too slow) is resumed with a
+//! Transient failures before the body starts (connect errors, 5xx, 429, 408, a connection
+//! that broke before the headers) are retried `retries` times with jittered exponential
+//! back-off; a timeout is not (it already waited its full time: the caller fails over). A body that breaks (not one that is too slow) is resumed with a
 //! `Range` request guarded by `If-Range`, when the first response allowed it; the stream
 //! goes on seamlessly.
 
@@ -363,6 +363,9 @@ impl Inner {
                     };
                     (err, retry_after)
                 }
+                // A timeout already waited long: give the mirror up (the caller fails
+                // over) rather than wait as long again.
+                Err(e @ TransportError::Timeout { .. }) => return Err(e),
                 Err(e) if e.class() == ErrorClass::Transient => (e, None),
                 Err(e) => return Err(e),
             };
