@@ -209,7 +209,7 @@ impl LiveCatalog {
     }
 
     /// One index refresh; returns what changed under the mount point.
-    pub async fn refresh(&self) -> NamespaceChange {
+    pub async fn refresh(self: &Arc<Self>) -> NamespaceChange {
         if !self.catalog.refresh().await {
             tracing::debug!("index refresh: nothing changed");
             return NamespaceChange::default();
@@ -220,13 +220,19 @@ impl LiveCatalog {
             change.added.len(),
             change.removed.len()
         );
-        self.keep_indexes();
+        self.keep_indexes_in_background();
         if let Some(o) = self.observer.get() {
             if !change.added.is_empty() || !change.removed.is_empty() {
                 o.changed(&change, self);
             }
         }
         change
+    }
+
+    /// [`LiveCatalog::keep_indexes`] on a blocking thread (indexes can be large).
+    pub fn keep_indexes_in_background(self: &Arc<Self>) {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.keep_indexes());
     }
 
     /// Keep each mirror's verified index in the cache, for mounts while it is unreachable.
@@ -236,8 +242,16 @@ impl LiveCatalog {
                 continue;
             };
             let kept = self.store.index_path(m.url());
-            let tmp = kept.with_extension("tmp");
-            if let Err(e) = std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, &kept)) {
+            // A file of its own, renamed into place: a concurrent keeper never mixes in.
+            let written = kept
+                .parent()
+                .ok_or_else(|| std::io::Error::other("no index directory"))
+                .and_then(tempfile::NamedTempFile::new_in)
+                .and_then(|mut tmp| {
+                    std::io::Write::write_all(&mut tmp, &json)?;
+                    tmp.persist(&kept).map(drop).map_err(|e| e.error)
+                });
+            if let Err(e) = written {
                 tracing::warn!(
                     "cannot keep the index of {} at {}: {e}",
                     m.url(),
@@ -556,6 +570,7 @@ impl LiveCatalog {
                 ns.unindexed(),
                 compiler.as_ref(),
                 |mirror, meta| async move {
+                    let fetched = start.elapsed();
                     self.start_deps(meta.node());
                     let key = prefix_key(
                         &meta.tarball_sha256,
@@ -615,6 +630,7 @@ impl LiveCatalog {
                     let dest = self.store.prefix_path(&key);
                     let mut timings = done.timings.clone();
                     timings.verify = meta.verify_time;
+                    timings.fetch = fetched.saturating_sub(meta.verify_time);
                     timings.total = start.elapsed();
                     tracing::info!(
                         "{}: Successfully materialised {} from {}\n  {}",

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use futures::StreamExt;
 
 use spackfs::buildcache::projection::Projection;
 use spackfs::buildcache::spec::short_hash;
@@ -25,51 +26,69 @@ pub(crate) async fn ls(
     let projection = Projection::new(projection)?;
     let mut rows = Vec::new();
     let ns = catalog.namespace();
-    for e in ns.available() {
+    // Every package's verified metadata (size, signer), 16 requests at a time.
+    let several = catalog.set().len() > 1;
+    let metas: Vec<_> = futures::stream::iter(ns.available().map(|e| {
+        let catalog = &catalog;
+        async move { (e, catalog.meta(&e.node).await) }
+    }))
+    .buffered(16)
+    .collect()
+    .await;
+    for (e, meta) in metas {
         let node = &e.node;
-        let (prefix, size, signer) = match catalog.meta(node).await {
+        let (prefix, size, signer, mirror) = match meta {
             Ok(m) => (
                 Catalog::prefix_of(root, &projection, node, Some(&m.dag))?,
                 m.tarball_size
                     .map(|s| bytesize::ByteSize::b(s).to_string())
                     .unwrap_or_else(|| "?".into()),
                 m.signer.unwrap_or_else(|| "unsigned".into()),
+                m.mirror,
             ),
             Err(err) => (
                 Catalog::prefix_of(root, &projection, node, None)?,
                 "?".into(),
                 format!("UNTRUSTED ({err})"),
+                String::new(),
             ),
         };
-        rows.push([
+        let mut row = vec![
             node.name.clone(),
             node.version.clone(),
             short_hash(&node.hash).to_string(),
             prefix.display().to_string(),
             size,
             signer,
-        ]);
+        ];
+        if several {
+            row.push(mirror);
+        }
+        rows.push(row);
     }
-    let widths: Vec<usize> = (0..5)
+    print_table(&rows);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Print rows as aligned columns (the fifth, a size, right-aligned; the last unpadded).
+fn print_table(rows: &[Vec<String>]) {
+    let cols = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..cols)
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
-    for r in &rows {
-        println!(
-            "{:w0$}  {:w1$}  {:w2$}  {:w3$}  {:>w4$}  {}",
-            r[0],
-            r[1],
-            r[2],
-            r[3],
-            r[4],
-            r[5],
-            w0 = widths[0],
-            w1 = widths[1],
-            w2 = widths[2],
-            w3 = widths[3],
-            w4 = widths[4]
-        );
+    for r in rows {
+        let mut line = String::new();
+        for (i, cell) in r.iter().enumerate() {
+            if i + 1 == cols {
+                line.push_str(cell);
+            } else if i == 4 {
+                line.push_str(&format!("{cell:>w$}  ", w = widths[i]));
+            } else {
+                line.push_str(&format!("{cell:w$}  ", w = widths[i]));
+            }
+        }
+        println!("{}", line.trim_end());
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// What an install run did.

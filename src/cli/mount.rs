@@ -174,7 +174,7 @@ pub(crate) async fn mount(
         limits: opts.limits,
     };
     let live = Arc::new(LiveCatalog::new(catalog, target, store, opts.retry_after));
-    live.keep_indexes();
+    live.keep_indexes_in_background();
     tracing::info!(
         "mounting {} ({} packages) at {}, cache {}",
         live.catalog().describe(),

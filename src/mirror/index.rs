@@ -29,6 +29,8 @@ pub struct IndexState {
     /// The last read found no v2 index beside the v3 one: while the v3 index does not
     /// change, it is not asked for again (an unchanged refresh is one request).
     v2_absent: bool,
+    /// Packages the v2 index lists (looked up in the v2 layout only).
+    v2_listed: std::collections::HashSet<String>,
     /// Manifest paths of the last listing, with the records each one gave.
     listed: Option<HashMap<String, Vec<IndexRecord>>>,
 }
@@ -80,6 +82,27 @@ enum Part {
         blob_path: String,
         size: Option<u64>,
     },
+}
+
+/// Where to look a package up, as the index says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LayoutHint {
+    V3Only,
+    V2Only,
+    /// v3 first, then v2 (no index says).
+    Both,
+}
+
+impl IndexState {
+    pub(super) fn hint(&self, hash: &str) -> LayoutHint {
+        if self.v2_listed.contains(hash) {
+            LayoutHint::V2Only
+        } else if self.v3_checksum.is_some() && self.v2_absent {
+            LayoutHint::V3Only
+        } else {
+            LayoutHint::Both
+        }
+    }
 }
 
 impl Mirror {
@@ -159,6 +182,13 @@ impl Mirror {
             let (recs, sum) = self
                 .parse_index_stream(body, &blob_path, checksum.as_deref(), size)
                 .await?;
+            if layout == Layout::V2 {
+                state.v2_listed = recs
+                    .iter()
+                    .filter(|r| r.in_buildcache)
+                    .map(|r| r.node.hash.clone())
+                    .collect();
+            }
             records.extend(recs);
             match layout {
                 Layout::V3 => {

@@ -269,9 +269,21 @@ impl Mirror {
         if let Some(m) = self.meta_cache.lock().unwrap().get(&node.hash) {
             return Ok(m.clone());
         }
+        // Only where the index says (no probing of the other layout for a listed package).
+        let hint = self.index_state.lock().unwrap().hint(&node.hash);
         let path = layout::v3_spec_manifest(&node.name, &node.version, &node.hash);
-        let meta = match self.get_optional(&path).await? {
+        let v3 = match hint {
+            index::LayoutHint::V2Only => None,
+            _ => self.get_optional(&path).await?,
+        };
+        let meta = match v3 {
             Some(raw) => self.meta_v3(&node.display(), &path, raw).await?,
+            None if hint == index::LayoutHint::V3Only => {
+                return Err(MirrorError::NotInMirror {
+                    package: node.display(),
+                    mirror: self.url().to_string(),
+                })
+            }
             None => match self.find_v2(node, compiler).await? {
                 Some((path, raw)) => self.meta_v2(&node.display(), &path, raw).await?,
                 None => {
