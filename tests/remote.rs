@@ -175,6 +175,17 @@ fn two_nodes_behind_a_caching_proxy_fetch_each_blob_once_from_the_mirror() {
         });
         drop(d);
     }
+    // Every blob the mirror served (index, specs, tarballs), it served once.
+    let origin = nginx.requests();
+    let blobs: std::collections::BTreeSet<&str> = origin
+        .iter()
+        .filter(|r| r.path.starts_with("/blobs/"))
+        .map(|r| r.path.as_str())
+        .collect();
+    assert!(blobs.len() >= 5, "index, 2 specs, 2 tarballs: {origin:#?}");
+    for blob in &blobs {
+        assert_eq!(served(&nginx, blob), 1, "{blob}:\n{origin:#?}");
+    }
     let log = squid.requests();
     for blob in [GREET_TARBALL, LIBGREET_TARBALL] {
         let seen: Vec<_> = log.iter().filter(|r| r.url.ends_with(blob)).collect();

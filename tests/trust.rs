@@ -163,3 +163,46 @@ fn trusted_key_directory_is_accepted() {
     assert!(good.installed_prefix(&root).is_dir(), "{run}");
     common::mirror::assert_good_works(&root);
 }
+
+/// An index manifest that is clearsigned (Spack never signs it; a site may) is checked like
+/// a spec manifest: signed by a trusted key, the mirror lists its packages; tampered with,
+/// or signed by a key that is not trusted, the mirror lists nothing and says why.
+#[test]
+fn a_signed_index_manifest_must_carry_a_good_signature() {
+    let mut tm = TestMirror::signed();
+    tm.add_good();
+    tm.finish();
+    let key = SigningKey::generate("Index Key <index@example.invalid>", None, None).expect("key");
+    let manifest = tm.dir().join("v3/manifests/index/index.manifest.json");
+    let plain = std::fs::read(&manifest).expect("index manifest");
+    let signed = key.clearsign(&plain, None).expect("clearsign");
+    let ls = |tm: &TestMirror| {
+        let mut args = vec!["ls".to_string(), path_str(&tm.dir()).to_string()];
+        args.extend(tm.trust_args());
+        common::spackfs(&args)
+    };
+    // Signed by a key that is not trusted: nothing is listed.
+    std::fs::write(&manifest, &signed).expect("write");
+    let run = ls(&tm);
+    run.assert_failed()
+        .assert_stderr_line_has(&["index is not trusted", "not among the trusted keys"]);
+    assert!(
+        key_fingerprints(&key).iter().any(|f| run.stderr.contains(f)),
+        "the key is named:\n{run}"
+    );
+    assert!(!run.stdout.contains("good"), "{run}");
+    // Trusted: listed.
+    tm.trust(&key);
+    let run = ls(&tm);
+    run.assert_ok();
+    assert!(run.stdout.contains("good"), "{run}");
+    // Tampered with after signing: nothing is listed.
+    let text = String::from_utf8(signed).expect("armour is text");
+    let tampered = text.replacen("\"version\":3", "\"version\":3 ", 1);
+    assert_ne!(tampered, text);
+    std::fs::write(&manifest, tampered).expect("write");
+    let run = ls(&tm);
+    run.assert_failed()
+        .assert_stderr_line_has(&["index is not trusted", "signature"]);
+    assert!(!run.stdout.contains("good"), "{run}");
+}

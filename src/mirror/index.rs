@@ -335,6 +335,8 @@ impl Mirror {
         let what = format!("{}/{path}", self.url());
         let w = what.clone();
         let joined = tokio::task::spawn_blocking(move || {
+            // Never more than the manifest announces (one byte more tells it lied).
+            let reader = std::io::Read::take(reader, size.map_or(u64::MAX, |s| s + 1));
             let mut hashing = HashingReader::new(reader);
             let parsed = {
                 let mut buf = BufReader::with_capacity(256 * 1024, &mut hashing);
@@ -368,10 +370,10 @@ impl Mirror {
                 )));
             }
         }
-        if let Some(size) = size {
-            if size != len {
-                tracing::debug!("{what}: {len} bytes, the manifest says {size}");
-            }
+        if let Some(size) = size.filter(|&s| s != len) {
+            return Err(self.index_err(format!(
+                "index blob {path} is {len} bytes, its manifest says {size}"
+            )));
         }
         let records = parsed.map_err(|source| MirrorError::Format {
             mirror: self.url().to_string(),
