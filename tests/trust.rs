@@ -187,7 +187,9 @@ fn a_signed_index_manifest_must_carry_a_good_signature() {
     run.assert_failed()
         .assert_stderr_line_has(&["index is not trusted", "not among the trusted keys"]);
     assert!(
-        key_fingerprints(&key).iter().any(|f| run.stderr.contains(f)),
+        key_fingerprints(&key)
+            .iter()
+            .any(|f| run.stderr.contains(f)),
         "the key is named:\n{run}"
     );
     assert!(!run.stdout.contains("good"), "{run}");

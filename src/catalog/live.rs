@@ -560,96 +560,86 @@ impl LiveCatalog {
                 }
             }
         }
-        let ns = self.catalog.namespace();
-        let compiler = ns.compiler_of(node);
         self.catalog
-            .set()
-            .fetch(
-                node,
-                ns.listed(&node.hash),
-                ns.unindexed(),
-                compiler.as_ref(),
-                |mirror, meta| async move {
-                    let fetched = start.elapsed();
-                    self.start_deps(meta.node());
-                    let key = prefix_key(
-                        &meta.tarball_sha256,
-                        &self.target.root,
-                        &materialise::relocation_targets(&meta, &self.target),
-                    );
-                    if let Some((path, _)) = self.store.lookup(&key) {
-                        crate::metrics::Metrics::inc(&crate::metrics::global().cache_hits, 1);
-                        tracing::info!(
-                            "{}: ready from the cache ({})",
-                            node.display(),
-                            path.display()
-                        );
-                        return Ok(State::Ready {
-                            path,
-                            key,
-                            timings: None,
-                            signer: meta.signer.clone(),
-                            mirror: mirror.url().to_string(),
-                        });
-                    }
-                    let package = node.display();
-                    let staging = self.store.new_staging(&node.hash).map_err(|e| {
-                        let crate::store::StoreError::Io { path, source } = e;
-                        CatalogError::Install {
-                            package: package.clone(),
-                            mirror: mirror.url().to_string(),
-                            source: Box::new(InstallError::io(&package, path, source)),
-                        }
-                    })?;
-                    let entry = EntryMeta {
-                        key: key.clone(),
-                        package: package.clone(),
-                        hash: node.hash.clone(),
-                        root: self.target.root.clone(),
-                        projection: self.target.projection.template().to_string(),
-                        mirror: mirror.url().to_string(),
-                        tarball_sha256: meta.tarball_sha256.clone(),
-                        signer: meta.signer.clone(),
-                        size: 0,
-                    };
-                    let store = self.store.clone();
-                    let done = materialise::materialise(
-                        &mirror,
-                        &meta,
-                        &self.target,
-                        staging,
-                        Box::new(move |staged| {
-                            store.publish(staged, entry).map_err(|e| match e {
-                                crate::store::StoreError::Io { path, source } => {
-                                    InstallError::io(&package, path, source)
-                                }
-                            })
-                        }),
-                    )
-                    .await?;
-                    let dest = self.store.prefix_path(&key);
-                    let mut timings = done.timings.clone();
-                    timings.verify = meta.verify_time;
-                    timings.fetch = fetched.saturating_sub(meta.verify_time);
-                    timings.total = start.elapsed();
+            .fetch(node, |mirror, meta| async move {
+                let fetched = start.elapsed();
+                self.start_deps(meta.node());
+                let key = prefix_key(
+                    &meta.tarball_sha256,
+                    &self.target.root,
+                    &materialise::relocation_targets(&meta, &self.target),
+                );
+                if let Some((path, _)) = self.store.lookup(&key) {
+                    crate::metrics::Metrics::inc(&crate::metrics::global().cache_hits, 1);
                     tracing::info!(
-                        "{}: Successfully materialised {} from {}\n  {}",
-                        node.name,
-                        node.stem(),
-                        mirror.url(),
-                        timings
+                        "{}: ready from the cache ({})",
+                        node.display(),
+                        path.display()
                     );
-                    Ok(State::Ready {
-                        path: dest,
+                    return Ok(State::Ready {
+                        path,
                         key,
-                        timings: Some(timings),
+                        timings: None,
                         signer: meta.signer.clone(),
                         mirror: mirror.url().to_string(),
-                    })
-                },
-            )
+                    });
+                }
+                let package = node.display();
+                let staging = self.store.new_staging(&node.hash).map_err(|e| {
+                    let crate::store::StoreError::Io { path, source } = e;
+                    CatalogError::Install {
+                        package: package.clone(),
+                        mirror: mirror.url().to_string(),
+                        source: Box::new(InstallError::io(&package, path, source)),
+                    }
+                })?;
+                let entry = EntryMeta {
+                    key: key.clone(),
+                    package: package.clone(),
+                    hash: node.hash.clone(),
+                    root: self.target.root.clone(),
+                    projection: self.target.projection.template().to_string(),
+                    mirror: mirror.url().to_string(),
+                    tarball_sha256: meta.tarball_sha256.clone(),
+                    signer: meta.signer.clone(),
+                    size: 0,
+                };
+                let store = self.store.clone();
+                let done = materialise::materialise(
+                    &mirror,
+                    &meta,
+                    &self.target,
+                    staging,
+                    Box::new(move |staged| {
+                        store.publish(staged, entry).map_err(|e| match e {
+                            crate::store::StoreError::Io { path, source } => {
+                                InstallError::io(&package, path, source)
+                            }
+                        })
+                    }),
+                )
+                .await?;
+                let dest = self.store.prefix_path(&key);
+                let mut timings = done.timings.clone();
+                timings.verify = meta.verify_time;
+                timings.fetch = fetched.saturating_sub(meta.verify_time);
+                timings.total = start.elapsed();
+                tracing::info!(
+                    "{}: Successfully materialised {} from {}\n  {}",
+                    node.name,
+                    node.stem(),
+                    mirror.url(),
+                    timings
+                );
+                Ok(State::Ready {
+                    path: dest,
+                    key,
+                    timings: Some(timings),
+                    signer: meta.signer.clone(),
+                    mirror: mirror.url().to_string(),
+                })
+            })
             .await
-            .map_err(CatalogError::from)
     }
 
     /// A binary needs its libraries next: start the link/run dependencies in the mirror.

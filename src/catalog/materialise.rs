@@ -84,58 +84,47 @@ pub async fn install_one(
     target: &Target,
 ) -> Result<Outcome, CatalogError> {
     let start = Instant::now();
-    let ns = catalog.namespace();
-    let compiler = ns.compiler_of(node);
     catalog
-        .set()
-        .fetch(
-            node,
-            ns.listed(&node.hash),
-            ns.unindexed(),
-            compiler.as_ref(),
-            |mirror, meta| async move {
-                let fetched = start.elapsed();
-                let prefix = target
-                    .prefix_of(meta.node(), Some(&meta.dag))
-                    .map_err(|e| format_error(&mirror, e))?;
-                if prefix.exists() {
-                    return Ok(Outcome::AlreadyInstalled { prefix });
-                }
-                let staging_parent = PathBuf::from(&target.root).join(".spackfs-staging");
-                let staging = staging_dir(&staging_parent, &node.hash).map_err(|e| {
-                    CatalogError::Install {
-                        package: node.display(),
-                        mirror: mirror.url().to_string(),
-                        source: Box::new(InstallError::io(&node.display(), &staging_parent, e)),
-                    }
+        .fetch(node, |mirror, meta| async move {
+            let fetched = start.elapsed();
+            let prefix = target
+                .prefix_of(meta.node(), Some(&meta.dag))
+                .map_err(|e| format_error(&mirror, e))?;
+            if prefix.exists() {
+                return Ok(Outcome::AlreadyInstalled { prefix });
+            }
+            let staging_parent = PathBuf::from(&target.root).join(".spackfs-staging");
+            let staging =
+                staging_dir(&staging_parent, &node.hash).map_err(|e| CatalogError::Install {
+                    package: node.display(),
+                    mirror: mirror.url().to_string(),
+                    source: Box::new(InstallError::io(&node.display(), &staging_parent, e)),
                 })?;
-                let dest = prefix.clone();
-                let what = node.display();
-                let done = materialise(
-                    &mirror,
-                    &meta,
-                    target,
-                    staging,
-                    Box::new(move |staged| publish(staged, &dest, &what)),
-                )
-                .await?;
-                let mut timings = done.timings.clone();
-                timings.verify = meta.verify_time;
-                timings.fetch = fetched.saturating_sub(meta.verify_time);
-                timings.total = start.elapsed();
-                tracing::info!(
-                    "{}: Successfully installed {} at {} from {}\n  {}",
-                    node.name,
-                    node.stem(),
-                    prefix.display(),
-                    mirror.url(),
-                    timings
-                );
-                Ok(done.outcome(prefix, timings))
-            },
-        )
+            let dest = prefix.clone();
+            let what = node.display();
+            let done = materialise(
+                &mirror,
+                &meta,
+                target,
+                staging,
+                Box::new(move |staged| publish(staged, &dest, &what)),
+            )
+            .await?;
+            let mut timings = done.timings.clone();
+            timings.verify = meta.verify_time;
+            timings.fetch = fetched.saturating_sub(meta.verify_time);
+            timings.total = start.elapsed();
+            tracing::info!(
+                "{}: Successfully installed {} at {} from {}\n  {}",
+                node.name,
+                node.stem(),
+                prefix.display(),
+                mirror.url(),
+                timings
+            );
+            Ok(done.outcome(prefix, timings))
+        })
         .await
-        .map_err(CatalogError::from)
 }
 
 /// A format error of metadata from `mirror`.

@@ -20,7 +20,7 @@ use crate::buildcache::FormatError;
 use crate::install::InstallError;
 use crate::mirror::index::{IndexRead, IndexSource};
 use crate::mirror::set::{Classify, Exhausted, MirrorMask, MirrorSet};
-use crate::mirror::{FailureClass, MirrorError};
+use crate::mirror::{FailureClass, Mirror, MirrorError};
 use crate::transport::TransportError;
 
 pub use crate::mirror::{PackageMeta, TrustPolicy};
@@ -414,8 +414,14 @@ impl Catalog {
         }
     }
 
-    /// The verified metadata of a package from the first mirror that gives it.
-    pub async fn meta(&self, node: &SpecNode) -> Result<PackageMeta, CatalogError> {
+    /// Get package `node` from the first mirror that serves it: its verified metadata, then
+    /// `attempt` with that mirror and metadata (see [`MirrorSet::fetch`]), asking the
+    /// mirrors the current namespace routes it to.
+    pub async fn fetch<T, F, Fut>(&self, node: &SpecNode, attempt: F) -> Result<T, CatalogError>
+    where
+        F: FnMut(Arc<Mirror>, PackageMeta) -> Fut,
+        Fut: std::future::Future<Output = Result<T, CatalogError>>,
+    {
         let ns = self.namespace();
         let compiler = ns.compiler_of(node);
         self.set
@@ -424,10 +430,15 @@ impl Catalog {
                 ns.listed(&node.hash),
                 ns.unindexed(),
                 compiler.as_ref(),
-                |_, meta| async move { Ok::<_, CatalogError>(meta) },
+                attempt,
             )
             .await
             .map_err(CatalogError::from)
+    }
+
+    /// The verified metadata of a package from the first mirror that gives it.
+    pub async fn meta(&self, node: &SpecNode) -> Result<PackageMeta, CatalogError> {
+        self.fetch(node, |_, meta| async move { Ok(meta) }).await
     }
 
     /// The install closure of the requested packages: each one and its link/run dependencies

@@ -74,14 +74,17 @@ pub enum IndexRead {
 enum Part {
     Absent,
     Same,
-    /// Changed: the checksum to expect, and the body when it was already fetched.
-    Changed {
-        validator: Option<String>,
-        checksum: Option<String>,
-        body: Option<ByteStream>,
-        blob_path: String,
-        size: Option<u64>,
-    },
+    Changed(Changed),
+}
+
+/// A part that changed: its new validator, the blob to read (and its checksum and size when
+/// a manifest gives them), and the body when it was already fetched.
+struct Changed {
+    validator: Option<String>,
+    checksum: Option<String>,
+    body: Option<ByteStream>,
+    blob_path: String,
+    size: Option<u64>,
 }
 
 /// Where to look a package up, as the index says.
@@ -148,15 +151,9 @@ impl Mirror {
             _ => IndexSource::V3AndV2,
         };
         for (layout, part) in [(Layout::V3, v3), (Layout::V2, v2)] {
-            let (validator, checksum, body, blob_path, size) = match part {
+            let changed = match part {
                 Part::Absent => continue,
-                Part::Changed {
-                    validator,
-                    checksum,
-                    body,
-                    blob_path,
-                    size,
-                } => (validator, checksum, body, blob_path, size),
+                Part::Changed(c) => c,
                 Part::Same => {
                     // Unchanged, but needed whole: fetch it unconditionally.
                     let fresh = match layout {
@@ -164,17 +161,18 @@ impl Mirror {
                         Layout::V2 => self.v2_part(None, None).await?,
                     };
                     match fresh {
-                        Part::Changed {
-                            validator,
-                            checksum,
-                            body,
-                            blob_path,
-                            size,
-                        } => (validator, checksum, body, blob_path, size),
+                        Part::Changed(c) => c,
                         _ => continue,
                     }
                 }
             };
+            let Changed {
+                validator,
+                checksum,
+                body,
+                blob_path,
+                size,
+            } = changed;
             let body = match body {
                 Some(b) => b,
                 None => self.store().get(&blob_path).await?,
@@ -259,13 +257,13 @@ impl Mirror {
             self.index_state.lock().unwrap().v3_validator = validator;
             return Ok(Part::Same);
         }
-        Ok(Part::Changed {
+        Ok(Part::Changed(Changed {
             validator,
             blob_path: rec.path(),
             size: Some(rec.content_length),
             checksum: Some(checksum),
             body: None,
-        })
+        }))
     }
 
     /// The v2 `index.json` (via `index.json.hash` when there is one), conditionally.
@@ -292,13 +290,13 @@ impl Mirror {
                     self.index_state.lock().unwrap().v2_validator = validator;
                     return Ok(Part::Same);
                 }
-                return Ok(Part::Changed {
+                return Ok(Part::Changed(Changed {
                     validator,
                     checksum: Some(sum),
                     body: None,
                     blob_path: layout::V2_INDEX.to_string(),
                     size: None,
-                });
+                }));
             }
             Err(e) if e.is_not_found() => {}
             Err(e) => return Err(e.into()),
@@ -312,13 +310,13 @@ impl Mirror {
             Err(e) if e.is_not_found() => Ok(Part::Absent),
             Err(e) => Err(e.into()),
             Ok(Conditional::Unchanged) => Ok(Part::Same),
-            Ok(Conditional::Changed { stream, validator }) => Ok(Part::Changed {
+            Ok(Conditional::Changed { stream, validator }) => Ok(Part::Changed(Changed {
                 validator,
                 checksum: None,
                 body: Some(stream),
                 blob_path: layout::V2_INDEX.to_string(),
                 size: None,
-            }),
+            })),
         }
     }
 

@@ -50,6 +50,22 @@ impl FileStore {
         }
     }
 
+    /// Open the regular file at `path`.
+    async fn open_file(
+        &self,
+        path: &str,
+    ) -> Result<(tokio::fs::File, std::fs::Metadata), TransportError> {
+        let full = self.resolve(path)?;
+        let file = tokio::fs::File::open(&full)
+            .await
+            .map_err(|e| self.io(path, e))?;
+        let meta = file.metadata().await.map_err(|e| self.io(path, e))?;
+        if !meta.is_file() {
+            return Err(self.not_found(path));
+        }
+        Ok((file, meta))
+    }
+
     fn io(&self, path: &str, source: std::io::Error) -> TransportError {
         if source.kind() == std::io::ErrorKind::NotFound {
             return self.not_found(path);
@@ -69,14 +85,7 @@ impl BlobStore for FileStore {
     }
 
     async fn get(&self, path: &str) -> Result<ByteStream, TransportError> {
-        let full = self.resolve(path)?;
-        let file = tokio::fs::File::open(&full)
-            .await
-            .map_err(|e| self.io(path, e))?;
-        let meta = file.metadata().await.map_err(|e| self.io(path, e))?;
-        if !meta.is_file() {
-            return Err(self.not_found(path));
-        }
+        let (file, _) = self.open_file(path).await?;
         Ok(ReaderStream::with_capacity(file, 256 * 1024).boxed())
     }
 
@@ -85,14 +94,7 @@ impl BlobStore for FileStore {
         path: &str,
         validator: Option<&str>,
     ) -> Result<Conditional, TransportError> {
-        let full = self.resolve(path)?;
-        let file = tokio::fs::File::open(&full)
-            .await
-            .map_err(|e| self.io(path, e))?;
-        let meta = file.metadata().await.map_err(|e| self.io(path, e))?;
-        if !meta.is_file() {
-            return Err(self.not_found(path));
-        }
+        let (file, meta) = self.open_file(path).await?;
         // A file's identity and change time stand in for an ETag.
         use std::os::unix::fs::MetadataExt;
         let tag = format!(
