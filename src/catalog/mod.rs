@@ -7,7 +7,7 @@
 pub mod live;
 pub mod materialise;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -442,54 +442,69 @@ impl Catalog {
     }
 
     /// The install closure of the requested packages: each one and its link/run dependencies
-    /// that some mirror has, dependencies first. Externals and absent dependencies are
-    /// returned separately (to be reported, not fatal).
+    /// that some mirror has. Externals and absent dependencies are returned separately (to
+    /// be reported, not fatal). The metadata of each wave of the walk is read concurrently
+    /// (16 requests at a time), so a remote mirror costs a few round trips, not one per
+    /// package.
     pub async fn closure(&self, requested: &[Arc<SpecNode>]) -> Closure {
+        use futures::StreamExt;
         let ns = self.namespace();
         let mut out = Closure::default();
         let mut seen = HashSet::new();
-        let mut queue: VecDeque<(Arc<SpecNode>, Option<String>)> =
+        let mut wave: Vec<(Arc<SpecNode>, Option<String>)> =
             requested.iter().map(|n| (n.clone(), None)).collect();
-        while let Some((node, parent)) = queue.pop_front() {
-            if !seen.insert(node.hash.clone()) {
-                continue;
-            }
-            if node.external {
-                out.skipped
-                    .push((node.display(), parent, "external".into()));
-                continue;
-            }
-            let in_mirror = match ns.entry(&node.hash) {
-                Some(e) => e.in_buildcache || ns.unindexed() != 0,
-                None => ns.unindexed() != 0,
-            };
-            if !in_mirror {
-                out.skipped
-                    .push((node.display(), parent, "not in the mirrors".into()));
-                continue;
-            }
-            // Dependencies come from the package's own spec DAG.
-            let dag = match self.meta(&node).await {
-                Ok(m) => m.dag,
-                Err(e) if parent.is_some() && e.is_absent() => {
+        while !wave.is_empty() {
+            let mut todo = Vec::new();
+            for (node, parent) in wave.drain(..) {
+                if !seen.insert(node.hash.clone()) {
+                    continue;
+                }
+                if node.external {
+                    out.skipped
+                        .push((node.display(), parent, "external".into()));
+                    continue;
+                }
+                let in_mirror =
+                    ns.unindexed() != 0 || ns.entry(&node.hash).is_some_and(|e| e.in_buildcache);
+                if !in_mirror {
                     out.skipped
                         .push((node.display(), parent, "not in the mirrors".into()));
                     continue;
                 }
-                Err(e) => {
-                    out.failed.push((node.as_ref().clone(), e));
-                    continue;
-                }
-            };
-            for e in &dag.root_node().deps {
-                if e.is("link") || e.is("run") {
-                    if let Some(dep) = dag.nodes.get(&e.hash) {
-                        queue.push_back((Arc::new(dep.clone()), Some(node.display())));
+                todo.push((node, parent));
+            }
+            let metas: Vec<_> =
+                futures::stream::iter(todo.into_iter().map(|(node, parent)| async {
+                    let meta = self.meta(&node).await;
+                    (node, parent, meta)
+                }))
+                .buffered(16)
+                .collect()
+                .await;
+            for (node, parent, meta) in metas {
+                // Dependencies come from the package's own spec DAG.
+                let dag = match meta {
+                    Ok(m) => m.dag,
+                    Err(e) if parent.is_some() && e.is_absent() => {
+                        out.skipped
+                            .push((node.display(), parent, "not in the mirrors".into()));
+                        continue;
+                    }
+                    Err(e) => {
+                        out.failed.push((node.as_ref().clone(), e));
+                        continue;
+                    }
+                };
+                for e in &dag.root_node().deps {
+                    if e.is("link") || e.is("run") {
+                        if let Some(dep) = dag.nodes.get(&e.hash) {
+                            wave.push((Arc::new(dep.clone()), Some(node.display())));
+                        }
                     }
                 }
+                out.order.push(node.hash.clone());
+                out.nodes.insert(node.hash.clone(), node);
             }
-            out.order.push(node.hash.clone());
-            out.nodes.insert(node.hash.clone(), node);
         }
         out
     }

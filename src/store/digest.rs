@@ -2,7 +2,6 @@
 //! every regular file, written at publish and checked by `spackfs cache verify` (digests)
 //! and at first use in a process (sizes and change times, cheap).
 
-use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -20,16 +19,10 @@ pub struct FileRecord {
 
 /// Digest of a file's content.
 pub fn file_digest(path: &Path) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
+    let f = std::fs::File::open(path)?;
+    // blake3's own reader loop (a stack buffer): no zeroed heap buffer per file.
     let mut h = blake3::Hasher::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
+    h.update_reader(f)?;
     Ok(h.finalize().to_hex().to_string())
 }
 
