@@ -24,6 +24,12 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
   echo "==> apt-get install ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
+  # The tests start their own nginx and squid: keep the packages from starting the system's.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
