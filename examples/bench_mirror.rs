@@ -45,7 +45,7 @@ const CHAIN: usize = 6;
 #[command(name = "bench_mirror")]
 struct Args {
     /// Output directory
-    #[arg(value_name = "OUTDIR")]
+    #[arg(value_name = "OUTDIR", value_parser = common::absolute_dir)]
     out: PathBuf,
     /// Number of packages
     #[arg(long, value_name = "N", default_value_t = 24)]

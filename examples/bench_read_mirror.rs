@@ -48,7 +48,7 @@ const DIRS_PER_GROUP: usize = 10;
 #[command(name = "bench_read_mirror")]
 struct Args {
     /// Output directory
-    #[arg(value_name = "OUTDIR")]
+    #[arg(value_name = "OUTDIR", value_parser = common::absolute_dir)]
     out: PathBuf,
     /// Size of bigfile's share/big.dat, in MiB
     #[arg(long, value_name = "N", default_value_t = 1024)]

@@ -38,7 +38,7 @@ const MAX_BYTES: u64 = 8 * 1024;
 #[command(name = "bench_remote_mirror")]
 struct Args {
     /// Output directory
-    #[arg(value_name = "OUTDIR")]
+    #[arg(value_name = "OUTDIR", value_parser = common::absolute_dir)]
     out: std::path::PathBuf,
     /// Number of small files (1 to 8 KB each)
     #[arg(long, value_name = "N", default_value_t = 3000)]

@@ -12,6 +12,8 @@ pub mod install;
 pub mod metrics;
 pub mod mirror;
 pub mod store;
+#[cfg(test)]
+pub mod testing;
 pub mod transport;
 pub mod trust;
 pub mod writer;

@@ -1055,8 +1055,9 @@ fn full_cache_file_system_fails_the_touch_cleanly_and_recovers() {
         .join("share/fixture-bulk/bulk.dat");
     let e = errno_of(std::fs::read(&bulk_dat), "read bulk on a full cache", &d);
     let failed_at = Instant::now();
-    assert!(
-        e == libc::ENOSPC || e == libc::EIO,
+    assert_eq!(
+        e,
+        libc::ENOSPC,
         "errno {e} ({})\n{d}",
         std::io::Error::from_raw_os_error(e)
     );
@@ -1080,6 +1081,40 @@ fn full_cache_file_system_fails_the_touch_cleanly_and_recovers() {
     assert!(meta_of(cache, BULK).is_some());
     assert!(staging(cache).is_empty());
     verbose(&d);
+    drop(d);
+    drop(tmpfs);
+}
+
+/// No inode is left on the cache's file system, so not even the staging directory can be
+/// made: the touch gets ENOSPC (not EIO), nothing is left behind, and once inodes are free
+/// again the package is served.
+#[test]
+fn no_inode_for_the_staging_directory_gives_enospc_and_recovers() {
+    let Some(fx) = fixtures() else { return };
+    let dirs = MountDirs::new();
+    let mnt = &dirs.mnt;
+    let cache = &dirs.cache;
+    let tmpfs = Tmpfs::mount(cache, "64m");
+    let d = mount_unsigned(&fx.mirror(V3_UNSIGNED.name), &dirs, &["--retry-after", "1"]);
+    tmpfs.remount(&format!("nr_inodes={}", tmpfs.inodes_used()));
+    let greet = V3_UNSIGNED.greet_prefix(mnt).join("bin/greet");
+    let e = errno_of(std::fs::metadata(&greet), "stat greet without inodes", &d);
+    let failed_at = Instant::now();
+    assert_eq!(
+        e,
+        libc::ENOSPC,
+        "errno {e} ({})\n{d}",
+        std::io::Error::from_raw_os_error(e)
+    );
+    assert!(
+        !d.log_lines_with(&["fixture-greet@1.0", "is full"])
+            .is_empty(),
+        "{d}"
+    );
+    assert!(staging(cache).is_empty(), "{:?}\n{d}", staging(cache));
+    tmpfs.remount("nr_inodes=100000");
+    std::thread::sleep(Duration::from_millis(1300).saturating_sub(failed_at.elapsed()));
+    run_greet(mnt, &d);
     drop(d);
     drop(tmpfs);
 }

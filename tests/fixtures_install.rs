@@ -327,3 +327,27 @@ fn mirrors_without_an_index_are_listed_and_installed() {
         check_greet_programs(cache, &root);
     }
 }
+
+/// Staging left by an install that crashed (its process is gone) is removed by the next
+/// install into the same root; staging of a live process is left alone.
+#[test]
+fn staging_abandoned_by_a_crashed_install_is_removed_by_the_next() {
+    let Some(fx) = fixtures() else { return };
+    let tmp = common::short_tempdir();
+    let root = tmp.path().join("root");
+    let staging = root.join(".spackfs-staging");
+    // pid_max is at most 2^22: a staging directory of a process that cannot exist.
+    let dead = staging.join("99999999.lvktxdbzy5xjz4y42kaknkq7gwcfi4qz.Abc123");
+    std::fs::create_dir_all(dead.join("opt/half-extracted")).expect("dead staging");
+    let live = staging.join(format!("{}.other.Xyz789", std::process::id()));
+    std::fs::create_dir_all(&live).expect("live staging");
+    V3_UNSIGNED
+        .install(&fx, &root, &["fixture-greet"])
+        .assert_ok();
+    check_greet_programs(&V3_UNSIGNED, &root);
+    assert!(!dead.exists(), "abandoned staging left behind");
+    assert_eq!(
+        common::entries(&staging),
+        [live.file_name().unwrap().to_string_lossy()]
+    );
+}

@@ -421,3 +421,128 @@ fn zstd_tarball_is_installed_and_relocated() {
         "{run}"
     );
 }
+
+// ------------------------------------------------------------------ metadata as paths
+
+/// A projection that uses every field of a spec that becomes a path component.
+const EVERY_FIELD: &str = "{namespace}/{architecture.platform}/{architecture.os}/{architecture.target}/{compiler.name}/{compiler.version}/{name}/{version}/{hash}";
+
+/// A package whose spec field `path` (e.g. `["arch", "target"]`) is `value`; the other
+/// fields are ordinary (a v4-style `compiler` object on the node).
+fn evil_pkg(i: usize, path: &[&str], value: &str) -> GenPkg {
+    let mut node = spackfs::writer::NodeDef::new(&format!("evil{i}"), "1.0").to_json();
+    let obj = node.as_object_mut().expect("node");
+    obj.remove("hash");
+    obj.insert(
+        "compiler".into(),
+        serde_json::json!({"name": "gcc", "version": "12.2.0"}),
+    );
+    match path {
+        [field] => {
+            obj.insert((*field).into(), serde_json::Value::String(value.into()));
+        }
+        [outer, inner] => {
+            obj[*outer][*inner] = serde_json::Value::String(value.into());
+        }
+        _ => unreachable!(),
+    }
+    let hash = spackfs::writer::dag_hash(&node);
+    node["hash"] = serde_json::Value::String(hash.clone());
+    let name = node["name"].as_str().expect("name").to_string();
+    let buildpath = common::mirror::build_root();
+    GenPkg {
+        prefix: format!("{buildpath}/linux-x86_64/{name}-1.0-{hash}"),
+        name,
+        node,
+        hash,
+        buildpath,
+    }
+}
+
+/// Every string of a spec that becomes a path component, set to `..` (or `.`, or empty):
+/// `install` refuses each such package with an error naming it and installs the others;
+/// nothing is written outside the root; the mount does not list them.
+#[test]
+fn spec_fields_that_would_leave_the_root_are_refused_in_install_and_mount() {
+    let mut tm = TestMirror::unsigned();
+    tm.add_good();
+    let cases: [(&[&str], &str); 9] = [
+        (&["namespace"], ".."),
+        (&["namespace"], ""),
+        (&["arch", "platform"], ".."),
+        (&["arch", "platform_os"], "."),
+        (&["arch", "target"], ".."),
+        (&["compiler", "name"], ".."),
+        (&["compiler", "version"], ".."),
+        (&["version"], ".."),
+        (&["name"], ".."),
+    ];
+    let mut evil = Vec::new();
+    for (i, (path, value)) in cases.iter().enumerate() {
+        let pkg = evil_pkg(i, path, value);
+        if *path != ["name"] {
+            // A complete package: manifest, spec and tarball.
+            let (good, _) = common::mirror::good_pkg();
+            let tgz = pkg.tgz(
+                |t| {
+                    t.file(&pkg.member("share/x"), 0o644, good.name.as_bytes());
+                },
+                &Lists::default(),
+            );
+            tm.add(&pkg, &tgz);
+        }
+        evil.push(pkg);
+    }
+    tm.finish();
+    // A name no manifest path can hold: only the index lists it.
+    let named = evil.last().expect("name case").clone();
+    common::mirror::rewrite_index(&tm.dir(), |installs| {
+        installs.insert(
+            named.hash.clone(),
+            serde_json::json!({"spec": named.node, "ref_count": 0, "in_buildcache": true}),
+        );
+    });
+    let root = tm.root();
+    let (good, _) = common::mirror::good_pkg();
+    let mut specs = vec![format!("/{}", good.hash)];
+    specs.extend(evil.iter().map(|p| format!("/{}", p.hash)));
+    let spec_refs: Vec<&str> = specs.iter().map(String::as_str).collect();
+    let run = tm.install_into(&root, &["--projection", EVERY_FIELD], &spec_refs);
+    run.assert_failed();
+    for p in &evil {
+        run.assert_stderr_line_has(&[&p.hash[..7], "refused"]);
+    }
+    let placed = common::walk(&root);
+    assert!(placed.iter().all(|p| p.starts_with(&root)), "{placed:?}");
+    let good_dir = root.join(format!(
+        "builtin/linux/debian12/x86_64/none/none/good/1.0/{}",
+        good.hash
+    ));
+    run_program(good_dir.join("bin/hello.sh"), [] as [&str; 0]).assert_ok();
+    // Nothing beside the mirror and the root in the test's directory.
+    let mut beside = common::entries(tm.tmp());
+    beside.sort();
+    assert_eq!(beside, ["mirror", "root"], "{run}");
+
+    // The mount lists the good package only.
+    let dirs = common::mount::MountDirs::new();
+    let d = common::mount::Daemon::mount(
+        &tm.dir(),
+        &dirs.mnt,
+        &dirs.cache,
+        &["--unsigned", "--projection", EVERY_FIELD],
+    );
+    let listed: Vec<String> = common::walk(&dirs.mnt)
+        .iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .filter(|n| n.len() == 32)
+        .collect();
+    assert_eq!(listed, std::slice::from_ref(&good.hash), "{d}");
+    for p in &evil {
+        assert!(
+            !d.log_lines_with(&["not listing", &p.hash[..7]]).is_empty(),
+            "{}\n{d}",
+            p.hash
+        );
+    }
+}

@@ -353,29 +353,62 @@ fn pread_read_mode_serves_greet() {
 
 /// Install greet and bulk into P, record the tree, empty P, mount at P, record again.
 fn mounted_tree_equals_installed_tree(cache: &FixtureCache) {
+    trees_equal_under(cache, None, "linux-x86_64");
+}
+
+/// Install greet and bulk from `cache` with `projection` (default: Spack's), then mount it
+/// at the same root with the same projection: the trees are the same, and greet sits in
+/// directory `greet_dir` (the formatted first component).
+fn trees_equal_under(cache: &FixtureCache, projection: Option<&str>, greet_dir: &str) {
     let Some(fx) = fixtures() else { return };
     let dirs = MountDirs::new();
     let p = &dirs.mnt;
+    let mut extra = Vec::new();
+    if let Some(proj) = projection {
+        extra.extend(["--projection", proj]);
+    }
     cache
-        .install(&fx, p, &["fixture-greet", "fixture-bulk"])
+        .install_with(&fx, p, &extra, &["fixture-greet", "fixture-bulk"])
         .assert_ok();
     let installed = tree_manifest(&fx, p);
+    let greet = format!("{greet_dir}/fixture-greet-1.0-{}", cache.greet_hash);
     let greet_line = format!(
-        "linux-x86_64/fixture-greet-1.0-{}/bin/greet-abs -> {}/bin/greet",
-        cache.greet_hash,
-        path_str(&cache.greet_prefix(p))
+        "{greet}/bin/greet-abs -> {}/bin/greet",
+        path_str(&p.join(&greet))
     );
     assert!(
         installed.iter().any(|l| l.ends_with(&greet_line)),
-        "the install's tree looks wrong: {installed:?}"
+        "the install's tree looks wrong (no {greet_line:?}): {installed:?}"
     );
     assert!(installed.len() > 600, "{} entries", installed.len());
     empty_dir(p);
 
-    let d = mount_cache(cache, &fx, &dirs, &[]);
+    let d = mount_cache(cache, &fx, &dirs, &extra);
     let mounted = tree_manifest(&fx, p);
     assert_same_tree(&mounted, &installed, cache.name, &d);
     assert_eq!(metric(p, "blobs_fetched"), 3, "{d}");
+    let run = run_program(p.join(&greet).join("bin/greet"), [] as [&str; 0]);
+    run.assert_ok();
+}
+
+/// A projection with compiler tokens: v5 specs (v3 caches) name no compiler on the node,
+/// so it comes from the DAG (install) or the index (mount); both place packages alike.
+#[test]
+fn v3_trees_are_equal_under_a_compiler_projection() {
+    trees_equal_under(
+        &V3_SIGNED,
+        Some("{compiler.name}-{compiler.version}/{name}-{version}-{hash}"),
+        "gcc-12.2.0",
+    );
+}
+
+#[test]
+fn v2_trees_are_equal_under_a_compiler_projection() {
+    trees_equal_under(
+        &V2_SIGNED,
+        Some("{compiler.name}-{compiler.version}/{name}-{version}-{hash}"),
+        "gcc-12.2.0",
+    );
 }
 
 #[test]

@@ -10,7 +10,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::mirror::{GenPkg, Lists, TestMirror};
+use common::mirror::{rewrite_index, write_index, GenPkg, Lists, TestMirror};
 use common::mount::{check_greet_programs, errno_of, state, xattr_str, Daemon, MountDirs};
 use common::servers::{Fault, FaultServer, Nginx, Squid, TestCa};
 use common::{
@@ -577,27 +577,6 @@ fn an_index_larger_than_64_mib_is_read_whole() {
     }
 }
 
-/// Write `blob` as the mirror's index blob and point the index manifest at it.
-fn write_index(mirror: &Path, blob: &[u8]) {
-    use sha2::{Digest, Sha256};
-    let sum = hex_of(&Sha256::digest(blob));
-    let path = mirror.join(format!("blobs/sha256/{}/{sum}", &sum[..2]));
-    std::fs::create_dir_all(path.parent().unwrap()).expect("blob dir");
-    std::fs::write(&path, blob).expect("blob");
-    let manifest = serde_json::json!({"version": 3, "data": [{"contentLength": blob.len(),
-        "mediaType": "application/vnd.spack.db.v8+json", "compression": "none",
-        "checksumAlgorithm": "sha256", "checksum": sum}]});
-    std::fs::write(
-        mirror.join("v3/manifests/index/index.manifest.json"),
-        manifest.to_string(),
-    )
-    .expect("manifest");
-}
-
-fn hex_of(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// A package that prints its own prefix.
 fn hello_pkg(name: &str) -> (GenPkg, Vec<u8>) {
     let pkg = GenPkg::new(name);
@@ -688,25 +667,10 @@ fn a_package_added_while_mounted_appears_within_the_ttl() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let index_blob = {
-        let m: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(tm.dir().join("v3/manifests/index/index.manifest.json")).expect("m"),
-        )
-        .expect("manifest JSON");
-        let sum = m["data"][0]["checksum"]
-            .as_str()
-            .expect("checksum")
-            .to_string();
-        tm.dir().join(format!("blobs/sha256/{}/{sum}", &sum[..2]))
-    };
-    let mut db: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(index_blob).expect("index")).expect("index JSON");
-    let installs = db["database"]["installs"]
-        .as_object_mut()
-        .expect("installs");
-    installs.remove(&first.hash);
-    installs.remove(&unused.hash);
-    write_index(&tm.dir(), db.to_string().as_bytes());
+    rewrite_index(&tm.dir(), |installs| {
+        installs.remove(&first.hash);
+        installs.remove(&unused.hash);
+    });
     let start = Instant::now();
     while std::fs::metadata(&unused_dir).is_ok() {
         assert!(

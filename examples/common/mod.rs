@@ -93,6 +93,12 @@ pub fn bulk_data(rng: &mut Rng, n: usize, prefixes: &[String]) -> Vec<u8> {
 }
 
 /// Run `cmd`; fail with its stderr if it does not succeed.
+/// An output directory argument made absolute (the generators run compilers in other
+/// directories, where a relative path would name something else).
+pub fn absolute_dir(s: &str) -> std::result::Result<std::path::PathBuf, String> {
+    std::path::absolute(s).map_err(|e| format!("{s}: {e}"))
+}
+
 pub fn run(cmd: &mut Command) -> Result<()> {
     let out = cmd
         .output()

@@ -1,7 +1,7 @@
 //! Mirror-relative paths of the URL layouts v3 and v2.
 
-use super::sanitize_component;
 use super::spec::SpecNode;
+use super::{sanitize_component, FormatError};
 
 /// Which URL layout a package was found in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,12 +25,23 @@ pub const V3_KEY_DIR: &str = "v3/manifests/key/";
 pub const V2_DIR: &str = "build_cache/";
 pub const V2_INDEX: &str = "build_cache/index.json";
 
-/// `v3/manifests/spec/<name>/<name>-<version>-<hash>.spec.manifest.json`
-pub fn v3_spec_manifest(name: &str, version: &str, hash: &str) -> String {
-    format!(
-        "{V3_SPEC_DIR}{name}/{}.spec.manifest.json",
+/// `v3/manifests/spec/<name>/<name>-<version>-<hash>.spec.manifest.json`; a name that
+/// would make an empty or dot component (a hostile index) is refused.
+pub fn v3_spec_manifest(name: &str, version: &str, hash: &str) -> Result<String, FormatError> {
+    let dir = sanitize_component(name);
+    if dir.is_empty() || dir == "." || dir == ".." {
+        return Err(FormatError::invalid(
+            format!(
+                "package {:?}",
+                format!("{name}@{version}/{}", super::spec::short_hash(hash))
+            ),
+            "its name cannot be a path component: refused",
+        ));
+    }
+    Ok(format!(
+        "{V3_SPEC_DIR}{dir}/{}.spec.manifest.json",
         sanitize_component(&format!("{name}-{version}-{hash}"))
-    )
+    ))
 }
 
 /// Parse `(name, version, hash)` from a v3 manifest path found by listing.
@@ -104,12 +115,18 @@ mod tests {
 
     #[test]
     fn v3_names_round_trip_including_git_versions() {
-        let p = v3_spec_manifest("zlib", "git.0123abcd=1.2.3", "abc");
+        let p = v3_spec_manifest("zlib", "git.0123abcd=1.2.3", "abc").unwrap();
         assert_eq!(
             p,
             "v3/manifests/spec/zlib/zlib-git.0123abcd_1.2.3-abc.spec.manifest.json"
         );
-        let p = v3_spec_manifest("gcc-runtime", "12.2.0", "qyu");
+        let p = v3_spec_manifest("gcc-runtime", "12.2.0", "qyu").unwrap();
+        assert!(v3_spec_manifest("..", "1", "h").is_err());
+        assert!(v3_spec_manifest("", "1", "h").is_err());
+        assert_eq!(
+            v3_spec_manifest("a/b", "1", "h").unwrap(),
+            "v3/manifests/spec/a_b/a_b-1-h.spec.manifest.json"
+        );
         assert_eq!(
             parse_v3_spec_manifest(&p),
             Some(("gcc-runtime".into(), "12.2.0".into(), "qyu".into()))

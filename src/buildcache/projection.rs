@@ -36,7 +36,8 @@ impl Projection {
         }
         // Format a dummy node to validate the tokens.
         let dummy = SpecNode::from_json(
-            &serde_json::json!({"name":"n","version":"v","hash":"h"}),
+            &serde_json::json!({"name": "n", "version": "v", "hash": "h", "namespace": "ns",
+                "arch": {"platform": "p", "platform_os": "o", "target": "t"}}),
             "projection",
         )?;
         p.format(&dummy, None)?;
@@ -54,23 +55,49 @@ impl Projection {
             .compiler
             .clone()
             .or_else(|| dag.and_then(|d| d.compiler_of(node)));
-        let mut out = String::new();
-        let mut rest = self.template.as_str();
-        while let Some(open) = rest.find('{') {
-            out.push_str(&rest[..open]);
-            let close = rest[open..].find('}').ok_or_else(|| {
-                FormatError::invalid("projection", format!("unclosed {{ in {:?}", self.template))
-            })? + open;
-            let token = &rest[open + 1..close];
-            out.push_str(&self.token(token, node, compiler.as_ref())?);
-            rest = &rest[close + 1..];
+        self.format_with(node, compiler.as_ref())
+    }
+
+    /// The relative path of `node` with `compiler` for `{compiler.*}`, made as Spack's
+    /// `format_path` makes it: each component of the template is formatted on its own and
+    /// its characters outside `[A-Za-z0-9_+.-]` become `_` (so a value holding `/` never
+    /// makes a directory). A component that comes out empty, `.` or `..` is refused, naming
+    /// the package: nothing a spec says can place a prefix outside the install root.
+    pub fn format_with(
+        &self,
+        node: &SpecNode,
+        compiler: Option<&(String, String)>,
+    ) -> Result<String, FormatError> {
+        let mut parts = Vec::new();
+        for part in self.template.split('/') {
+            let mut out = String::new();
+            let mut rest = part;
+            while let Some(open) = rest.find('{') {
+                out.push_str(&rest[..open]);
+                let close = rest[open..].find('}').ok_or_else(|| {
+                    FormatError::invalid(
+                        "projection",
+                        format!("unclosed {{ in {:?}", self.template),
+                    )
+                })? + open;
+                let token = &rest[open + 1..close];
+                out.push_str(&self.token(token, node, compiler)?);
+                rest = &rest[close + 1..];
+            }
+            out.push_str(rest);
+            let component = sanitize_component(&out);
+            if component.is_empty() || component == "." || component == ".." {
+                return Err(FormatError::invalid(
+                    format!("package {:?}", node.display()),
+                    format!(
+                        "projection {:?} gives the path component {component:?} (from {part:?}): refused",
+                        self.template
+                    ),
+                ));
+            }
+            parts.push(component);
         }
-        out.push_str(rest);
-        Ok(out
-            .split('/')
-            .map(sanitize_component)
-            .collect::<Vec<_>>()
-            .join("/"))
+        Ok(parts.join("/"))
     }
 
     fn token(
@@ -139,5 +166,39 @@ mod tests {
         );
         assert!(Projection::new("{nope}").is_err());
         assert!(Projection::new("../{name}").is_err());
+    }
+
+    /// Values that would leave the install root, or make an empty or dot component, are
+    /// refused; a `/` inside a value never makes a directory.
+    #[test]
+    fn hostile_values_never_escape_the_root() {
+        let node = |name: &str, version: &str, ns: &str| {
+            SpecNode::from_json(
+                &serde_json::json!({"name": name, "version": version, "namespace": ns, "hash": "abc",
+                    "arch": {"platform": "linux", "platform_os": "debian12", "target": "x86_64"}}),
+                "t",
+            )
+            .unwrap()
+        };
+        let p = Projection::new("{namespace}/{name}/{version}").unwrap();
+        assert_eq!(
+            p.format(&node("../../etc", "1/2", "ns"), None).unwrap(),
+            "ns/.._.._etc/1_2"
+        );
+        for (name, version, ns) in [
+            ("x", "..", "ns"),
+            ("x", ".", "ns"),
+            ("x", "1", ""),
+            ("..", "1", "n"),
+        ] {
+            let e = p.format(&node(name, version, ns), None).unwrap_err();
+            assert!(e.to_string().contains("refused"), "{e}");
+        }
+        // The default projection keeps every value inside one component.
+        let d = Projection::default();
+        assert_eq!(
+            d.format(&node("a/../../b", "1", ""), None).unwrap(),
+            "linux-x86_64/a_.._.._b-1-abc"
+        );
     }
 }

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use futures::FutureExt;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
@@ -105,12 +106,23 @@ struct Packages {
     by_hash: HashMap<String, usize>,
 }
 
+/// The mount's places of its packages, for relocation: one computation of where a package
+/// sits, whoever asks.
+struct MountPlacements(Arc<RwLock<Packages>>);
+
+impl materialise::Placements for MountPlacements {
+    fn rel_path(&self, hash: &str) -> Option<String> {
+        let pk = self.0.read().unwrap();
+        pk.by_hash.get(hash).map(|&i| pk.list[i].rel_path.clone())
+    }
+}
+
 /// The mount's view of its mirrors.
 pub struct LiveCatalog {
     catalog: Arc<Catalog>,
     target: Target,
     store: Arc<Store>,
-    packages: RwLock<Packages>,
+    packages: Arc<RwLock<Packages>>,
     slots: Mutex<HashMap<String, Slot>>,
     backoff: Duration,
     mounted_at: SystemTime,
@@ -123,15 +135,17 @@ pub struct LiveCatalog {
 impl LiveCatalog {
     pub fn new(
         catalog: Arc<Catalog>,
-        target: Target,
+        mut target: Target,
         store: Arc<Store>,
         backoff: Duration,
     ) -> Self {
+        let packages = Arc::new(RwLock::new(Packages::default()));
+        target.placements = Some(Arc::new(MountPlacements(packages.clone())));
         let live = LiveCatalog {
             catalog,
             target,
             store,
-            packages: RwLock::default(),
+            packages,
             slots: Mutex::new(HashMap::new()),
             backoff,
             mounted_at: SystemTime::now(),
@@ -158,12 +172,19 @@ impl LiveCatalog {
                 }
                 continue;
             }
-            let Ok(rel) = self.target.projection.format(&e.node, None) else {
-                tracing::warn!(
-                    "{}: cannot place it under the mount point",
-                    e.node.display()
-                );
-                continue;
+            // Its compiler (for `{compiler.*}`) from the index, as an install finds it in
+            // the package's DAG.
+            let compiler = ns.compiler_of(&e.node);
+            let rel = match self
+                .target
+                .projection
+                .format_with(&e.node, compiler.as_ref())
+            {
+                Ok(rel) => rel,
+                Err(err) => {
+                    tracing::warn!("not listing a package of the index: {err}");
+                    continue;
+                }
             };
             let i = pk.list.len();
             pk.by_hash.insert(e.node.hash.clone(), i);
@@ -438,7 +459,10 @@ impl LiveCatalog {
             Some(Slot::Idle(State::Failed {
                 failure, retry_at, ..
             })) if Instant::now() < *retry_at => return Err(Err(failure.clone())),
-            Some(Slot::InFlight(rx)) => return Ok(rx.clone()),
+            // A flight whose task is gone without an answer (it cannot be, but if it were,
+            // the package must not stay in flight forever): start again.
+            Some(Slot::InFlight(rx)) if rx.has_changed().is_ok() => return Ok(rx.clone()),
+            Some(Slot::InFlight(_)) => 0,
             Some(Slot::Idle(State::Failed { attempts, .. })) => *attempts,
             _ => 0,
         };
@@ -486,7 +510,25 @@ impl LiveCatalog {
             let _ = tx.send(Some(Err(f)));
             return;
         };
-        let result = self.materialise(&node).await;
+        // A panic below (a bug, or a library misbehaving on hostile input) is a failure of
+        // this package like any other: it must not leave the package in flight forever.
+        let result = match std::panic::AssertUnwindSafe(self.materialise(&node))
+            .catch_unwind()
+            .await
+        {
+            Ok(r) => r,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("(no message)");
+                Err(CatalogError::Internal {
+                    package: node.display(),
+                    message: format!("materialisation panicked: {what}"),
+                })
+            }
+        };
         let state = match &result {
             Ok(ready) => ready.clone(),
             Err(e) => {
@@ -713,5 +755,43 @@ pub fn errno_of(e: &CatalogError) -> i32 {
         libc::ENOENT
     } else {
         libc::EIO
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::testing::TinyMirror;
+    use crate::transport::fault::Fault;
+
+    /// A materialisation that panics is a failure like any other: the touching process
+    /// gets EIO, the state says why, and the next touch after the back-off succeeds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_materialisation_fails_and_is_retried() {
+        let m = TinyMirror::new();
+        let cache = tempfile::tempdir().unwrap();
+        let (live, faults) = m
+            .live(
+                cache.path(),
+                "/tmp/spackfs-tiny",
+                Duration::from_millis(100),
+            )
+            .await;
+        faults.set(&m.tarball, Fault::Panic, Some(1));
+        let failure = tokio::time::timeout(Duration::from_secs(10), live.ensure(&m.hash))
+            .await
+            .expect("no hang")
+            .expect_err("the panic is a failure");
+        assert_eq!(failure.errno, libc::EIO);
+        assert!(failure.message.contains("panic"), "{}", failure.message);
+        assert_eq!(live.state(&m.hash).name(), "failed");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let path = tokio::time::timeout(Duration::from_secs(10), live.ensure(&m.hash))
+            .await
+            .expect("no hang")
+            .expect("retried after the back-off");
+        assert!(path.join("bin/hello.sh").is_file());
+        assert_eq!(faults.count(&m.tarball), 2);
     }
 }

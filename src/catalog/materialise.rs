@@ -15,21 +15,63 @@ use crate::install::{self, InstallError, Limits};
 use crate::mirror::{Mirror, MirrorError};
 use crate::transport::pump::pump;
 
+/// Where packages already have their place under the root (a mount's listing): relocation
+/// must point at exactly those places, so they are looked up, not formatted again.
+pub trait Placements: Send + Sync {
+    /// The path of package `hash` relative to the root, if it is placed.
+    fn rel_path(&self, hash: &str) -> Option<String>;
+}
+
 /// Where and how to install.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Target {
     /// The install root (unpadded).
     pub root: String,
     pub projection: Projection,
     pub limits: Limits,
+    /// Places already given (the mount's); other packages are placed by the projection.
+    pub placements: Option<Arc<dyn Placements>>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("root", &self.root)
+            .field("projection", &self.projection)
+            .field("limits", &self.limits)
+            .field("placements", &self.placements.is_some())
+            .finish()
+    }
 }
 
 impl Target {
+    /// A target that places every package by its projection.
+    pub fn new(root: String, projection: Projection, limits: Limits) -> Self {
+        Target {
+            root,
+            projection,
+            limits,
+            placements: None,
+        }
+    }
+
+    /// The prefix of `node`: where the mount placed it, else by the projection (`dag`
+    /// supplies its compiler for `{compiler.*}`).
     pub fn prefix_of(
         &self,
         node: &SpecNode,
         dag: Option<&crate::buildcache::spec::SpecDag>,
     ) -> Result<PathBuf, crate::buildcache::FormatError> {
+        if let Some(rel) = self
+            .placements
+            .as_ref()
+            .and_then(|p| p.rel_path(&node.hash))
+        {
+            return Ok(PathBuf::from(format!(
+                "{}/{rel}",
+                self.root.trim_end_matches('/')
+            )));
+        }
         Catalog::prefix_of(&self.root, &self.projection, node, dag)
     }
 }
@@ -93,12 +135,14 @@ pub async fn install_one(
             if prefix.exists() {
                 return Ok(Outcome::AlreadyInstalled { prefix });
             }
-            let staging_parent = PathBuf::from(&target.root).join(".spackfs-staging");
+            let staging_parent = PathBuf::from(&target.root).join(STAGING);
             let staging =
-                staging_dir(&staging_parent, &node.hash).map_err(|e| CatalogError::Install {
-                    package: node.display(),
-                    mirror: mirror.url().to_string(),
-                    source: Box::new(InstallError::io(&node.display(), &staging_parent, e)),
+                crate::store::staging::new_in(&staging_parent, &node.hash).map_err(|e| {
+                    CatalogError::Install {
+                        package: node.display(),
+                        mirror: mirror.url().to_string(),
+                        source: Box::new(InstallError::io(&node.display(), &staging_parent, e)),
+                    }
                 })?;
             let dest = prefix.clone();
             let what = node.display();
@@ -134,6 +178,10 @@ pub fn format_error(mirror: &Mirror, source: crate::buildcache::FormatError) -> 
         source,
     })
 }
+
+/// Where `install` stages packages, under the install root (on the file system of the
+/// prefixes, so that publishing is a rename).
+pub const STAGING: &str = ".spackfs-staging";
 
 /// Publishes a finished prefix from staging; false when someone else published it first.
 pub type Publish = Box<dyn FnOnce(&Path) -> Result<bool, InstallError> + Send>;
@@ -287,18 +335,6 @@ impl Job {
     }
 }
 
-/// A private staging directory under `parent` (created if needed; retried once in case
-/// another process removed the empty parent meanwhile).
-fn staging_dir(parent: &Path, hash: &str) -> std::io::Result<tempfile::TempDir> {
-    let attempt = || {
-        std::fs::create_dir_all(parent)?;
-        tempfile::Builder::new()
-            .prefix(&format!("{hash}-"))
-            .tempdir_in(parent)
-    };
-    attempt().or_else(|_| attempt())
-}
-
 /// Move the finished prefix into place with one rename. Returns false when another process
 /// published the same prefix first.
 fn publish(staged: &Path, prefix: &Path, what: &str) -> Result<bool, InstallError> {
@@ -339,6 +375,16 @@ pub async fn install_many(
     jobs: usize,
 ) -> Vec<(Arc<SpecNode>, Result<Outcome, CatalogError>)> {
     let sem = Arc::new(tokio::sync::Semaphore::new(jobs.max(1)));
+    // Staging left by an earlier run that crashed goes, as the cache's does at open.
+    let staging = Path::new(&target.root).join(STAGING);
+    match crate::store::staging::clean_abandoned(&staging) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            "removed {n} abandoned staging director(ies) in {}",
+            staging.display()
+        ),
+        Err(e) => tracing::warn!("cannot clean {}: {e}", staging.display()),
+    }
     let target = Arc::new(target);
     let mut handles = Vec::new();
     for node in nodes {
@@ -354,6 +400,6 @@ pub async fn install_many(
         out.push(h.await.expect("install task panicked"));
     }
     // Leave no empty staging directory behind (fails harmlessly while another run uses it).
-    let _ = std::fs::remove_dir(Path::new(&target.root).join(".spackfs-staging"));
+    let _ = std::fs::remove_dir(Path::new(&target.root).join(STAGING));
     out
 }

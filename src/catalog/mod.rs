@@ -56,6 +56,8 @@ pub enum CatalogError {
     Exhausted(Box<Exhausted<CatalogError>>),
     #[error("no mirror could be read: {0}")]
     NoMirror(String),
+    #[error("package {package}: internal error: {message}")]
+    Internal { package: String, message: String },
 }
 
 impl From<Exhausted<CatalogError>> for CatalogError {

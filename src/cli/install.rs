@@ -152,11 +152,7 @@ pub(crate) async fn install(
         .iter()
         .map(|h| closure.nodes[h].clone())
         .collect();
-    let target = Target {
-        root: root_str,
-        projection,
-        limits,
-    };
+    let target = Target::new(root_str, projection, limits);
     let results = materialise::install_many(catalog.clone(), nodes, target, jobs).await;
     let mut summary = Summary {
         installed: Vec::new(),

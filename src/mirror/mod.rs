@@ -271,7 +271,8 @@ impl Mirror {
         }
         // Only where the index says (no probing of the other layout for a listed package).
         let hint = self.index_state.lock().unwrap().hint(&node.hash);
-        let path = layout::v3_spec_manifest(&node.name, &node.version, &node.hash);
+        let path = layout::v3_spec_manifest(&node.name, &node.version, &node.hash)
+            .map_err(|e| self.format_err(e))?;
         let v3 = match hint {
             index::LayoutHint::V2Only => None,
             _ => self.get_optional(&path).await?,

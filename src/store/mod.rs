@@ -12,6 +12,7 @@
 //! what determines the bytes: the tarball's sha256 and the relocation target.
 
 pub mod digest;
+pub mod staging;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -123,13 +124,7 @@ impl Store {
         };
         let _guard = store.global_lock()?;
         let staging = store.staging_dir();
-        for e in std::fs::read_dir(&staging).map_err(io(&staging))?.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let pid: Option<i32> = name.split('.').next().and_then(|p| p.parse().ok());
-            if pid.is_none_or(|pid| !process_alive(pid)) {
-                remove_tree(&e.path());
-            }
-        }
+        staging::clean_abandoned(&staging).map_err(io(&staging))?;
         let prefixes = store.root.join("prefixes");
         for e in std::fs::read_dir(&prefixes)
             .map_err(io(&prefixes))?
@@ -220,10 +215,7 @@ impl Store {
     /// `open` by another process knows whether it is abandoned).
     pub fn new_staging(&self, hint: &str) -> Result<tempfile::TempDir, StoreError> {
         let dir = self.staging_dir();
-        tempfile::Builder::new()
-            .prefix(&format!("{}.{hint}.", std::process::id()))
-            .tempdir_in(&dir)
-            .map_err(io(&dir))
+        staging::new_in(&dir, hint).map_err(io(&dir))
     }
 
     pub fn staging_dir(&self) -> PathBuf {
@@ -537,13 +529,12 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StoreError> {
     std::fs::rename(&tmp, path).map_err(io(path))
 }
 
-fn process_alive(pid: i32) -> bool {
-    // SAFETY: kill with signal 0 only checks for the process's existence.
-    unsafe { libc::kill(pid, 0) == 0 || *libc::__errno_location() == libc::EPERM }
-}
-
-/// Remove a tree, making directories writable first if needed.
+/// Remove a tree (or a file), making directories writable first if needed.
 pub fn remove_tree(p: &Path) {
+    if std::fs::symlink_metadata(p).is_ok_and(|m| !m.is_dir()) {
+        let _ = std::fs::remove_file(p);
+        return;
+    }
     if std::fs::remove_dir_all(p).is_ok() {
         return;
     }

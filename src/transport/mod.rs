@@ -7,6 +7,8 @@
 //! mirrors and Spack's formats do not (that is `mirror/`). Errors are typed: not found,
 //! transient (worth a retry, and a sign that the endpoint is unhealthy) or fatal.
 
+#[cfg(test)]
+pub mod fault;
 pub mod file;
 pub mod http;
 pub mod pump;

@@ -187,7 +187,12 @@ impl MirrorWriter {
     ) -> Result<PathBuf, WriteError> {
         let path = self
             .root
-            .join(layout::v3_spec_manifest(name, version, hash));
+            .join(
+                layout::v3_spec_manifest(name, version, hash).map_err(|e| WriteError::Io {
+                    path: self.root.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })?,
+            );
         std::fs::create_dir_all(path.parent().expect("manifest dir")).map_err(io(&path))?;
         std::fs::write(&path, bytes).map_err(io(&path))?;
         Ok(path)

@@ -408,8 +408,24 @@ impl Tmpfs {
     /// `mount -o remount,size=SIZE DIR`.
     #[track_caller]
     pub fn resize(&self, size: &str) {
-        let opt = format!("remount,size={size}");
+        self.remount(&format!("size={size}"));
+    }
+
+    /// `mount -o remount,OPTIONS DIR`.
+    #[track_caller]
+    pub fn remount(&self, options: &str) {
+        let opt = format!("remount,{options}");
         run_program("mount", ["-o", opt.as_str(), path_str(&self.dir)]).assert_ok();
+    }
+
+    /// Inodes in use.
+    pub fn inodes_used(&self) -> u64 {
+        let c = std::ffi::CString::new(path_str(&self.dir)).expect("path");
+        // SAFETY: `c` is a valid C string and `st` a properly sized out-parameter.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: as above; statvfs writes only into `st`.
+        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+        st.f_files - st.f_ffree
     }
 }
 

@@ -406,3 +406,40 @@ impl Scenario {
         assert_good_works(root);
     }
 }
+
+/// Write `blob` as the index blob of the v3 mirror at `mirror` and point its (unsigned)
+/// index manifest at it.
+pub fn write_index(mirror: &Path, blob: &[u8]) {
+    use sha2::{Digest, Sha256};
+    let sum: String = Sha256::digest(blob)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let path = mirror.join(format!("blobs/sha256/{}/{sum}", &sum[..2]));
+    std::fs::create_dir_all(path.parent().unwrap()).expect("blob dir");
+    std::fs::write(&path, blob).expect("blob");
+    let manifest = serde_json::json!({"version": 3, "data": [{"contentLength": blob.len(),
+        "mediaType": "application/vnd.spack.db.v8+json", "compression": "none",
+        "checksumAlgorithm": "sha256", "checksum": sum}]});
+    std::fs::write(
+        mirror.join("v3/manifests/index/index.manifest.json"),
+        manifest.to_string(),
+    )
+    .expect("manifest");
+}
+
+/// Change the `installs` of the index of the v3 mirror at `mirror` with `f`.
+pub fn rewrite_index(mirror: &Path, f: impl FnOnce(&mut serde_json::Map<String, Value>)) {
+    let m: Value = serde_json::from_slice(
+        &std::fs::read(mirror.join("v3/manifests/index/index.manifest.json")).expect("manifest"),
+    )
+    .expect("manifest JSON");
+    let sum = m["data"][0]["checksum"].as_str().expect("checksum");
+    let blob = mirror.join(format!("blobs/sha256/{}/{sum}", &sum[..2]));
+    let mut db: Value =
+        serde_json::from_slice(&std::fs::read(blob).expect("index")).expect("index JSON");
+    f(db["database"]["installs"]
+        .as_object_mut()
+        .expect("installs"));
+    write_index(mirror, db.to_string().as_bytes());
+}

@@ -1,0 +1,67 @@
+//! Staging directories, for the cache and for `spackfs install` alike: private work
+//! directories named `<pid>.<hint>.<random>`, so that a later run tells an abandoned one
+//! (its process is dead: a crash, `kill -9`) from one in use, and removes it.
+
+use std::path::Path;
+
+/// A new staging directory under `parent` (created if needed; retried once in case another
+/// process removed the empty parent meanwhile).
+pub fn new_in(parent: &Path, hint: &str) -> std::io::Result<tempfile::TempDir> {
+    let attempt = || {
+        std::fs::create_dir_all(parent)?;
+        tempfile::Builder::new()
+            .prefix(&format!("{}.{hint}.", std::process::id()))
+            .tempdir_in(parent)
+    };
+    attempt().or_else(|_| attempt())
+}
+
+/// Remove the staging directories under `parent` whose process is gone (and anything
+/// there not named after a process). Returns how many were removed.
+pub fn clean_abandoned(parent: &Path) -> std::io::Result<usize> {
+    let entries = match std::fs::read_dir(parent) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid: Option<i32> = name.split('.').next().and_then(|p| p.parse().ok());
+        if pid.is_none_or(|pid| !process_alive(pid)) {
+            tracing::debug!("removing abandoned staging {}", e.path().display());
+            super::remove_tree(&e.path());
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Does process `pid` exist?
+pub fn process_alive(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: kill with signal 0 only checks for the process's existence.
+    unsafe { libc::kill(pid, 0) == 0 || *libc::__errno_location() == libc::EPERM }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn abandoned_staging_is_removed_and_live_staging_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = new_in(dir.path(), "abc").unwrap();
+        std::fs::write(live.path().join("f"), "x").unwrap();
+        // pid_max is at most 2^22: this process cannot exist.
+        let dead = dir.path().join("99999999.abc.xyz");
+        std::fs::create_dir_all(dead.join("deep")).unwrap();
+        let junk = dir.path().join("junk");
+        std::fs::write(&junk, "x").unwrap();
+        assert_eq!(clean_abandoned(dir.path()).unwrap(), 2);
+        assert!(live.path().join("f").exists() && !dead.exists() && !junk.exists());
+        assert_eq!(clean_abandoned(&dir.path().join("none")).unwrap(), 0);
+    }
+}
