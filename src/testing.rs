@@ -32,6 +32,25 @@ impl Default for TinyMirror {
 }
 
 impl TinyMirror {
+    /// A mirror (unsigned, never in back-off) of this directory behind a fault-injecting
+    /// transport.
+    pub fn faulty_mirror(&self) -> (Mirror, FaultControl) {
+        let inner = crate::transport::open(&self.mirror().to_string_lossy(), &Default::default())
+            .expect("transport");
+        let (store, faults) = FaultStore::new(inner);
+        let mirror = Mirror::new(
+            "tiny",
+            Box::new(store),
+            TrustPolicy::Unsigned,
+            Backoff {
+                initial: Duration::ZERO,
+                max: Duration::ZERO,
+            },
+            Duration::from_secs(60),
+        );
+        (mirror, faults)
+    }
+
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let buildpath = padded_root("/opt/tiny-store", 128);
@@ -75,19 +94,7 @@ impl TinyMirror {
         root: &str,
         retry: Duration,
     ) -> (Arc<LiveCatalog>, FaultControl) {
-        let inner = crate::transport::open(&self.mirror().to_string_lossy(), &Default::default())
-            .expect("transport");
-        let (store, faults) = FaultStore::new(inner);
-        let mirror = Mirror::new(
-            "tiny",
-            Box::new(store),
-            TrustPolicy::Unsigned,
-            Backoff {
-                initial: Duration::ZERO,
-                max: Duration::ZERO,
-            },
-            Duration::from_secs(60),
-        );
+        let (mirror, faults) = self.faulty_mirror();
         let (catalog, failed) = Catalog::open(MirrorSet::new(vec![mirror])).await;
         assert!(failed.is_empty(), "{failed:?}");
         let target = Target::new(root.to_string(), Projection::default(), Limits::default());

@@ -21,11 +21,38 @@ use crate::buildcache::spec::SpecNode;
 use crate::install::InstallError;
 use crate::store::{prefix_key, EntryMeta, Store};
 
-/// Why a package cannot be served, as the errno the touching process gets.
+/// Why a package cannot be served: what kind of failure (the file system turns it into
+/// the errno the touching process gets) and the message the log and `user.spackfs.error`
+/// carry.
 #[derive(Debug, Clone)]
 pub struct Failure {
-    pub errno: i32,
+    pub kind: FailureKind,
     pub message: Arc<String>,
+}
+
+/// The kinds of failure a touching process can tell apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// No mirror holds the package.
+    NotFound,
+    /// Every mirror failed its trust check.
+    Untrusted,
+    /// The cache's file system is full.
+    NoSpace,
+    /// Anything else: mirrors down, corrupt bytes, a bug.
+    Failed,
+}
+
+impl FailureKind {
+    /// Words for the log.
+    pub fn describe(self) -> &'static str {
+        match self {
+            FailureKind::NotFound => "ENOENT (not found)",
+            FailureKind::Untrusted => "EACCES (not trusted)",
+            FailureKind::NoSpace => "ENOSPC (no space left)",
+            FailureKind::Failed => "EIO (input/output error)",
+        }
+    }
 }
 
 /// A package's state, for extended attributes and logs.
@@ -487,7 +514,7 @@ impl LiveCatalog {
             }
             if rx.changed().await.is_err() {
                 return Err(Failure {
-                    errno: libc::EIO,
+                    kind: FailureKind::Failed,
                     message: Arc::new("materialisation task ended".into()),
                 });
             }
@@ -503,7 +530,7 @@ impl LiveCatalog {
         let package = self.index_of(&hash).and_then(|i| self.package(i));
         let Some(node) = package.filter(|p| p.is_listed()).map(|p| p.node.clone()) else {
             let f = Failure {
-                errno: libc::ENOENT,
+                kind: FailureKind::NotFound,
                 message: Arc::new(format!("{hash} is not in {}", self.catalog.describe())),
             };
             self.slots.lock().unwrap().remove(&hash);
@@ -533,12 +560,12 @@ impl LiveCatalog {
             Ok(ready) => ready.clone(),
             Err(e) => {
                 let failure = Failure {
-                    errno: errno_of(e),
+                    kind: failure_kind(e),
                     message: Arc::new(e.to_string()),
                 };
                 crate::metrics::Metrics::inc(&crate::metrics::global().packages_failed, 1);
                 let delay = self.backoff * 2u32.saturating_pow(attempts.min(6));
-                let full = if failure.errno == libc::ENOSPC {
+                let full = if failure.kind == FailureKind::NoSpace {
                     format!(
                         "; the cache file system ({}) is full",
                         self.store.root().display()
@@ -549,7 +576,7 @@ impl LiveCatalog {
                 tracing::error!(
                     "{}: {e}{full} (touching processes get {}; retry after {:?})",
                     node.display(),
-                    std::io::Error::from_raw_os_error(failure.errno),
+                    failure.kind.describe(),
                     delay
                 );
                 State::Failed {
@@ -734,9 +761,10 @@ impl LiveCatalog {
     }
 }
 
-/// The errno a process touching a failed package gets: ENOSPC when the cache is full,
-/// EACCES when every mirror failed its trust check, ENOENT when no mirror has it, else EIO.
-pub fn errno_of(e: &CatalogError) -> i32 {
+/// What kind of failure an error is for a touching process: no space when the cache is
+/// full, untrusted when every mirror failed the trust check, not found when no mirror has
+/// the package, else failed.
+pub fn failure_kind(e: &CatalogError) -> FailureKind {
     let attempts = e.attempts();
     let full = attempts.iter().any(|a| {
         matches!(a, CatalogError::Install { source, .. }
@@ -744,17 +772,17 @@ pub fn errno_of(e: &CatalogError) -> i32 {
                 if source.kind() == std::io::ErrorKind::StorageFull))
     });
     if full {
-        libc::ENOSPC
+        FailureKind::NoSpace
     } else if !attempts.is_empty()
         && attempts
             .iter()
             .all(|a| matches!(a, CatalogError::Mirror(m) if m.is_trust()))
     {
-        libc::EACCES
+        FailureKind::Untrusted
     } else if e.is_absent() {
-        libc::ENOENT
+        FailureKind::NotFound
     } else {
-        libc::EIO
+        FailureKind::Failed
     }
 }
 
@@ -783,7 +811,7 @@ mod tests {
             .await
             .expect("no hang")
             .expect_err("the panic is a failure");
-        assert_eq!(failure.errno, libc::EIO);
+        assert_eq!(failure.kind, super::FailureKind::Failed);
         assert!(failure.message.contains("panic"), "{}", failure.message);
         assert_eq!(live.state(&m.hash).name(), "failed");
         tokio::time::sleep(Duration::from_millis(150)).await;

@@ -403,3 +403,51 @@ pub async fn install_many(
     let _ = std::fs::remove_dir(Path::new(&target.root).join(STAGING));
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mirror::set::MirrorSet;
+    use crate::testing::TinyMirror;
+    use crate::transport::fault::Fault;
+
+    /// Two mirrors of the same package: whatever the first does wrong (an endpoint failure,
+    /// bytes that do not match, a stream cut short, an absence), the install comes from the
+    /// second, and the first is asked once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn install_fails_over_on_every_kind_of_fault() {
+        let m = TinyMirror::new();
+        for fault in [
+            Fault::Connect,
+            Fault::Corrupt(10),
+            Fault::Truncate(100),
+            Fault::NotFound,
+        ] {
+            let (first, f1) = m.faulty_mirror();
+            let (second, f2) = m.faulty_mirror();
+            f1.set(&m.tarball, fault.clone(), None);
+            let (catalog, failed) = Catalog::open(MirrorSet::new(vec![first, second])).await;
+            assert!(failed.is_empty());
+            let root = tempfile::tempdir().unwrap();
+            let target = Target::new(
+                root.path().to_string_lossy().into_owned(),
+                Projection::default(),
+                Limits::default(),
+            );
+            let node = catalog.namespace().entry(&m.hash).unwrap().node.clone();
+            let outcome = install_one(&catalog, &node, &target).await;
+            let Ok(Outcome::Installed { prefix, .. }) = outcome else {
+                panic!("{fault:?}: {outcome:?}");
+            };
+            assert!(prefix.join("bin/hello.sh").is_file(), "{fault:?}");
+            assert_eq!(f1.count(&m.tarball), 1, "{fault:?}");
+            assert_eq!(f2.count(&m.tarball), 1, "{fault:?}");
+            // Nothing of the failed attempt is left in staging.
+            let staging = root.path().join(STAGING);
+            assert!(
+                std::fs::read_dir(&staging).map_or(true, |mut d| d.next().is_none()),
+                "{fault:?}"
+            );
+        }
+    }
+}

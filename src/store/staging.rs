@@ -43,7 +43,11 @@ pub fn process_alive(pid: i32) -> bool {
         return false;
     }
     // SAFETY: kill with signal 0 only checks for the process's existence.
-    unsafe { libc::kill(pid, 0) == 0 || *libc::__errno_location() == libc::EPERM }
+    if unsafe { libc::kill(pid, 0) } == 0 {
+        return true;
+    }
+    // It exists but is not ours to signal.
+    std::io::Error::last_os_error().kind() == std::io::ErrorKind::PermissionDenied
 }
 
 #[cfg(test)]
