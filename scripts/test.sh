@@ -9,3 +9,5 @@ echo "==> cargo clippy --all-targets -- -D warnings"
 cargo clippy --locked --all-targets --quiet -- -D warnings
 echo "==> cargo test"
 cargo test --locked --no-fail-fast 2>&1
+echo "==> bench/stress --quick (16 processes for 60 s on a cache a third of the working set: no run may fail)"
+BENCH_PROFILE=dev BENCH_STRESS_GDB=0 bash bench/stress --quick

@@ -16,6 +16,8 @@ pub struct Metrics {
     pub packages_failed: AtomicU64,
     /// Prefixes found ready in the cache instead of fetched.
     pub cache_hits: AtomicU64,
+    /// Prefixes evicted from the cache by this process.
+    pub cache_evictions: AtomicU64,
 }
 
 impl Metrics {
@@ -32,6 +34,7 @@ impl Metrics {
             ("packages_materialised", g(&self.packages_materialised)),
             ("packages_failed", g(&self.packages_failed)),
             ("cache_hits", g(&self.cache_hits)),
+            ("cache_evictions", g(&self.cache_evictions)),
         ]
     }
 }

@@ -236,7 +236,14 @@ fn bounded_cache_stays_under_its_bound_evicts_lru_and_serves_correct_content() {
     let d = mount_unsigned(
         &fx.mirror(V3_UNSIGNED.name),
         &dirs,
-        &["--cache-size", &bound_arg, "--read-mode", "pread"],
+        &[
+            "--cache-size",
+            &bound_arg,
+            "--cache-grace",
+            "0",
+            "--read-mode",
+            "pread",
+        ],
     );
     let greet_dir = V3_UNSIGNED.greet_prefix(mnt);
     let libgreet_dir = V3_UNSIGNED.libgreet_prefix(mnt);
@@ -315,7 +322,14 @@ fn open_file_pins_its_prefix(read_mode: &str, strict: bool) {
     let d = mount_unsigned(
         &fx.mirror(V3_UNSIGNED.name),
         &dirs,
-        &["--cache-size", &bound_arg, "--read-mode", read_mode],
+        &[
+            "--cache-size",
+            &bound_arg,
+            "--cache-grace",
+            "0",
+            "--read-mode",
+            read_mode,
+        ],
     );
     run_greet(mnt, &d);
     if strict {
@@ -1290,7 +1304,14 @@ fn prefix_evicted_between_lookup_and_open_is_fetched_again() {
         let d = mount_unsigned(
             &fx.mirror(V3_UNSIGNED.name),
             &dirs,
-            &["--cache-size", &bound, "--read-mode", "pread"],
+            &[
+                "--cache-size",
+                &bound,
+                "--cache-grace",
+                "0",
+                "--read-mode",
+                "pread",
+            ],
         );
         let held = File::open(
             V3_UNSIGNED

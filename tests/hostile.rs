@@ -53,7 +53,7 @@ fn blob_with_wrong_sha256_is_refused() {
     let s = Scenario::new(pkg, &honest);
     std::fs::write(s.mirror.blob(&s.evil_rec), &swapped).expect("swap blob");
     let run = s.install(&[]);
-    s.assert_refused(&run, &["sha256", &s.evil_rec.checksum]);
+    s.assert_refused(&run, &["sha256", &s.evil_rec.checksum.hex()]);
 }
 
 #[test]
@@ -75,7 +75,7 @@ fn missing_blob_is_refused() {
     });
     std::fs::remove_file(s.mirror.blob(&s.evil_rec)).expect("remove blob");
     let run = s.install(&[]);
-    s.assert_refused(&run, &["not found", &s.evil_rec.checksum]);
+    s.assert_refused(&run, &["not found", &s.evil_rec.checksum.hex()]);
 }
 
 #[test]

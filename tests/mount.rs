@@ -745,7 +745,7 @@ fn package_signed_by_untrusted_key_answers_eacces_others_run() {
 fn missing_blob_answers_eio_others_run() {
     let s = evil_scenario();
     std::fs::remove_file(s.mirror.blob(&s.evil_rec)).expect("remove blob");
-    check_failure_scenario(&s, libc::EIO, &["not found", &s.evil_rec.checksum]);
+    check_failure_scenario(&s, libc::EIO, &["not found", &s.evil_rec.checksum.hex()]);
 }
 
 /// A failed package is tried again only after the back-off: a blob that comes back is
@@ -806,7 +806,7 @@ fn corrupt_blob_answers_eio_others_run() {
     assert_eq!(honest.len(), swapped.len());
     let s = Scenario::new(pkg, &honest);
     std::fs::write(s.mirror.blob(&s.evil_rec), &swapped).expect("swap blob");
-    check_failure_scenario(&s, libc::EIO, &["sha256", &s.evil_rec.checksum]);
+    check_failure_scenario(&s, libc::EIO, &["sha256", &s.evil_rec.checksum.hex()]);
 }
 
 // ------------------------------------------------------------------ 5. signals, stale mounts

@@ -59,6 +59,13 @@ pub fn parse_reader(
         .ok_or_else(|| FormatError::invalid(what, "database without installs"))?;
     let mut out = Vec::with_capacity(installs.len());
     for (hash, rec) in installs {
+        // The key replaces the spec's hash below, so it is held to the same rule.
+        if hash.is_empty() || !hash.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(FormatError::invalid(
+                what,
+                format!("record keyed {hash:?}: not a DAG hash"),
+            ));
+        }
         let spec = rec
             .spec
             .ok_or_else(|| FormatError::invalid(what, format!("record {hash} without spec")))?;
@@ -176,6 +183,18 @@ mod tests {
         assert!(parse(br#"{"database":{"version":8}}"#, "i").is_err());
         let e = parse(br#"{"database":{"version":"8","installs":{}}} x"#, "idx").unwrap_err();
         assert!(e.to_string().contains("idx"), "{e}");
+    }
+
+    /// Found by tests/properties.rs (index_db): the key of a record became its hash unchecked.
+    #[test]
+    fn a_record_key_that_is_no_hash_is_an_error() {
+        for key in ["", "a/b", "..", "h h"] {
+            let db = format!(
+                r#"{{"database":{{"version":"8","installs":{{{key:?}:{{"spec":{{"name":"app","version":"1.0","hash":"aaaaaaa"}}}}}}}}}}"#
+            );
+            let e = parse(db.as_bytes(), "idx").expect_err(key).to_string();
+            assert!(e.starts_with("idx: record keyed"), "{e}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use serde::Deserialize;
 
+use super::checksum::Sha256;
 use super::FormatError;
 
 pub const MEDIA_TARBALL: &str = "application/vnd.spack.install.v2.tar+gzip";
@@ -22,17 +23,14 @@ pub struct BlobRecord {
     pub media_type: String,
     pub compression: String,
     pub checksum_algorithm: String,
-    pub checksum: String,
+    pub checksum: Sha256,
 }
 
 impl BlobRecord {
     /// Mirror-relative path of the blob: `blobs/<alg>/<hex[0:2]>/<hex>`.
     pub fn path(&self) -> String {
-        let prefix = self.checksum.get(..2).unwrap_or("");
-        format!(
-            "blobs/{}/{}/{}",
-            self.checksum_algorithm, prefix, self.checksum
-        )
+        let hex = self.checksum.hex();
+        format!("blobs/{}/{}/{hex}", self.checksum_algorithm, &hex[..2])
     }
 }
 
@@ -57,10 +55,7 @@ impl Manifest {
             ));
         }
         for r in &m.data {
-            if r.checksum_algorithm != "sha256"
-                || r.checksum.len() != 64
-                || !r.checksum.bytes().all(|b| b.is_ascii_hexdigit())
-            {
+            if r.checksum_algorithm != "sha256" {
                 return Err(FormatError::invalid(
                     what,
                     format!(
@@ -92,8 +87,11 @@ pub fn is_clearsigned(bytes: &[u8]) -> bool {
 pub fn clearsigned_text_unverified(bytes: &[u8]) -> Option<Vec<u8>> {
     let text = std::str::from_utf8(bytes).ok()?;
     let rest = text.strip_prefix(CLEARSIGN_BEGIN)?;
-    // Armour headers ("Hash: SHA512") end at the first empty line.
-    let body_start = rest.find("\n\n").or_else(|| rest.find("\r\n\r\n"))?;
+    // Armour headers ("Hash: SHA512") end at the first empty line, whatever the line ends.
+    let body_start = match (rest.find("\n\n"), rest.find("\r\n\r\n")) {
+        (Some(lf), Some(crlf)) => lf.min(crlf),
+        (lf, crlf) => lf.or(crlf)?,
+    };
     let body = rest[body_start..].trim_start_matches(['\r', '\n']);
     let end = body.find(SIGNATURE_BEGIN)?;
     let body = &body[..end];
@@ -115,6 +113,14 @@ mod tests {
         assert_eq!(clearsigned_text_unverified(doc).unwrap(), b"{\n-x\n}\n");
         assert!(is_clearsigned(doc));
         assert!(clearsigned_text_unverified(b"{}").is_none());
+    }
+
+    /// Found by tests/properties.rs (clearsign_wrapper): in a CR-LF document, a later
+    /// LF-only empty line was taken for the end of the armour headers.
+    #[test]
+    fn crlf_headers_end_at_the_first_empty_line() {
+        let doc = b"-----BEGIN PGP SIGNED MESSAGE-----\r\nHash: SHA512\r\n\r\n{\r\n-----BEGIN PGP SIGNATURE-----\r\n\n\r\n-----END PGP SIGNATURE-----\r\n";
+        assert_eq!(clearsigned_text_unverified(doc).unwrap(), b"{\n");
     }
 
     #[test]

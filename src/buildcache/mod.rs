@@ -4,6 +4,7 @@
 //! Pure parsing and path computation; no I/O. Every error names the object at fault.
 
 pub mod buildinfo;
+pub mod checksum;
 pub mod index;
 pub mod layout;
 pub mod manifest;

@@ -6,6 +6,7 @@
 use indexmap::IndexMap;
 use serde_json::Value;
 
+use super::checksum::Sha256;
 use super::FormatError;
 
 /// A dependency edge.
@@ -190,7 +191,7 @@ pub struct SpecDag {
     /// `buildcache_layout_version`, when present.
     pub layout_version: Option<i64>,
     /// `binary_cache_checksum.hash` (v2 spec files and OCI configs).
-    pub binary_checksum: Option<String>,
+    pub binary_checksum: Option<Sha256>,
 }
 
 impl SpecDag {
@@ -254,11 +255,12 @@ impl SpecDag {
             nodes,
             root,
             layout_version: v.get("buildcache_layout_version").and_then(Value::as_i64),
-            binary_checksum: v
-                .get("binary_cache_checksum")
-                .and_then(|c| c.get("hash"))
-                .and_then(Value::as_str)
-                .map(str::to_string),
+            binary_checksum: match v.get("binary_cache_checksum").and_then(|c| c.get("hash")) {
+                None => None,
+                Some(h) => Some(h.as_str().and_then(Sha256::parse).ok_or_else(|| {
+                    FormatError::invalid(what, format!("binary_cache_checksum {h} is not a sha256"))
+                })?),
+            },
         })
     }
 

@@ -6,7 +6,6 @@
 //! serving. Package numbers are stable for the life of the mount.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -19,7 +18,7 @@ use super::materialise::{self, Target, Timings};
 use super::{Catalog, CatalogError};
 use crate::buildcache::spec::SpecNode;
 use crate::install::InstallError;
-use crate::store::{prefix_key, EntryMeta, Store};
+use crate::store::{prefix_key, EntryMeta, ReadyPrefix, Store};
 
 /// Why a package cannot be served: what kind of failure (the file system turns it into
 /// the errno the touching process gets) and the message the log and `user.spackfs.error`
@@ -61,7 +60,7 @@ pub enum State {
     Remote,
     Fetching,
     Ready {
-        path: PathBuf,
+        prefix: ReadyPrefix,
         /// The store key of the prefix.
         key: String,
         timings: Option<Timings>,
@@ -88,7 +87,7 @@ impl State {
 }
 
 /// A materialisation in flight: its result once known.
-pub type Flight = watch::Receiver<Option<Result<PathBuf, Failure>>>;
+pub type Flight = watch::Receiver<Option<Result<ReadyPrefix, Failure>>>;
 
 enum Slot {
     Idle(State),
@@ -120,8 +119,11 @@ pub struct NamespaceChange {
 
 /// What the mount (the file system) is told about changes of the catalog.
 pub trait Observer: Send + Sync {
-    /// Package `pkg` left the cache: forget its inodes and the kernel's entries.
-    fn evicted(&self, pkg: usize);
+    /// Package `pkg` left the cache: forget its inodes and the kernel's entries. `wait`:
+    /// the caller (a request that found the prefix gone, about to answer ESTALE so that
+    /// the kernel walks the path again) waits for the kernel to have forgotten them, up to
+    /// that long; evictions (under the cache's locks) never wait.
+    fn evicted(&self, pkg: usize, wait: Option<Duration>);
     /// Packages appeared or left the mount's listing (`live` answers what they are).
     fn changed(&self, change: &NamespaceChange, live: &LiveCatalog);
 }
@@ -153,8 +155,8 @@ pub struct LiveCatalog {
     slots: Mutex<HashMap<String, Slot>>,
     backoff: Duration,
     mounted_at: SystemTime,
-    /// The order of recorded uses: a counter, and its value at each prefix's last use.
-    last_use: Mutex<(u64, HashMap<String, u64>)>,
+    /// The prefix whose use was recorded last, and when.
+    last_use: Mutex<(Option<String>, Option<Instant>)>,
     /// The file system's side of evictions and namespace changes (set by the mount).
     observer: std::sync::OnceLock<Box<dyn Observer>>,
 }
@@ -177,7 +179,7 @@ impl LiveCatalog {
             backoff,
             mounted_at: SystemTime::now(),
             observer: std::sync::OnceLock::new(),
-            last_use: Mutex::new((0, HashMap::new())),
+            last_use: Mutex::new((None, None)),
         };
         live.sync_namespace();
         live
@@ -311,6 +313,8 @@ impl LiveCatalog {
 
     /// Follow the store's evictions: an evicted package goes back to "remote" and the
     /// kernel forgets its entries, so that its next touch materialises it again.
+    /// The store's bound is also enforced every few seconds: prefixes kept past it while
+    /// in use or just used go once they are not.
     pub fn watch_evictions(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
         self.store.on_evict(Box::new(move |meta| {
@@ -318,6 +322,22 @@ impl LiveCatalog {
                 this.evicted(meta);
             }
         }));
+        if self.store.bound().is_none() {
+            return;
+        }
+        let store = Arc::downgrade(&self.store);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(store) = store.upgrade() else { return };
+                let r = tokio::task::spawn_blocking(move || store.enforce_bound()).await;
+                if let Ok(Err(e)) = r {
+                    tracing::warn!("enforcing the cache bound: {e}");
+                }
+            }
+        });
     }
 
     fn evicted(&self, meta: &EntryMeta) {
@@ -335,7 +355,7 @@ impl LiveCatalog {
                 slots.remove(&meta.hash);
                 drop(slots);
                 if let Some(o) = self.observer.get() {
-                    o.evicted(idx);
+                    o.evicted(idx, None);
                 }
             }
         }
@@ -360,20 +380,15 @@ impl LiveCatalog {
         self.packages.read().unwrap().list.clone()
     }
 
-    /// Pin the ready prefix of package `pkg` against eviction; returns the key to unpin.
-    pub fn pin(&self, pkg: usize) -> Option<String> {
+    /// Pin the ready prefix of package `pkg` against eviction, while the guard lives.
+    pub fn pin(&self, pkg: usize) -> Option<crate::store::Pin> {
         let p = self.package(pkg)?;
         let hash = &p.node.hash;
         let key = match self.slots.lock().unwrap().get(hash) {
             Some(Slot::Idle(State::Ready { key, .. })) => key.clone(),
             _ => return None,
         };
-        self.store.pin(&key);
-        Some(key)
-    }
-
-    pub fn unpin(&self, key: &str) {
-        self.store.unpin(key);
+        self.store.pin(&key)
     }
 
     /// The mirrors, space-separated, for logs and attributes.
@@ -417,9 +432,9 @@ impl LiveCatalog {
     }
 
     /// The ready prefix of a package, without waiting.
-    pub fn ready_path(&self, hash: &str) -> Option<PathBuf> {
+    pub fn ready_path(&self, hash: &str) -> Option<ReadyPrefix> {
         match self.slots.lock().unwrap().get(hash) {
-            Some(Slot::Idle(State::Ready { path, .. })) => Some(path.clone()),
+            Some(Slot::Idle(State::Ready { prefix, .. })) => Some(prefix.clone()),
             _ => None,
         }
     }
@@ -434,7 +449,7 @@ impl LiveCatalog {
         let mut slots = self.slots.lock().unwrap();
         let gone = matches!(
             slots.get(&p.node.hash),
-            Some(Slot::Idle(State::Ready { path, .. })) if !path.is_dir()
+            Some(Slot::Idle(State::Ready { prefix, .. })) if !prefix.path().is_dir()
         );
         if gone {
             slots.remove(&p.node.hash);
@@ -444,7 +459,10 @@ impl LiveCatalog {
                 p.node.display()
             );
             if let Some(o) = self.observer.get() {
-                o.evicted(pkg);
+                // The kernel retries the walk once on ESTALE: it must not find the old
+                // entries then. Bounded, so that a kernel lock held by a process waiting
+                // for a busy FUSE thread cannot hold this one forever.
+                o.evicted(pkg, Some(Duration::from_millis(500)));
             }
         }
         gone
@@ -456,8 +474,9 @@ impl LiveCatalog {
             .is_some_and(|p| self.ready_path(&p.node.hash).is_some())
     }
 
-    /// Record a use of package `pkg` for the cache's LRU order. Repeated uses of the same
-    /// prefix with no other use in between are recorded once (no syscall in hot loops).
+    /// Record a use of package `pkg` for the cache's LRU order (and its grace from
+    /// eviction). A prefix used again and again with no other use in between is recorded
+    /// at most once a second (no syscall in hot loops).
     pub fn note_use(&self, pkg: usize) {
         let Some(p) = self.package(pkg) else {
             return;
@@ -466,23 +485,26 @@ impl LiveCatalog {
             Some(Slot::Idle(State::Ready { key, .. })) => key.clone(),
             _ => return,
         };
+        let now = Instant::now();
         let mut last = self.last_use.lock().unwrap();
-        let (seq, by_key) = &mut *last;
-        if by_key.get(&key) == Some(seq) {
+        let (latest, at) = &mut *last;
+        if latest.as_deref() == Some(key.as_str())
+            && at.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
             return;
         }
-        *seq += 1;
-        by_key.insert(key.clone(), *seq);
+        *latest = Some(key.clone());
+        *at = Some(now);
         drop(last);
         self.store.touch(&key);
     }
 
     /// Start materialising a package unless it is ready, in flight, or failed recently;
     /// returns the flight to wait on, or the final result.
-    pub fn start(self: &Arc<Self>, hash: &str) -> Result<Flight, Result<PathBuf, Failure>> {
+    pub fn start(self: &Arc<Self>, hash: &str) -> Result<Flight, Result<ReadyPrefix, Failure>> {
         let mut slots = self.slots.lock().unwrap();
         let attempts = match slots.get(hash) {
-            Some(Slot::Idle(State::Ready { path, .. })) => return Err(Ok(path.clone())),
+            Some(Slot::Idle(State::Ready { prefix, .. })) => return Err(Ok(prefix.clone())),
             Some(Slot::Idle(State::Failed {
                 failure, retry_at, ..
             })) if Instant::now() < *retry_at => return Err(Err(failure.clone())),
@@ -503,7 +525,7 @@ impl LiveCatalog {
 
     /// Make a package ready (joining a materialisation in flight); its link/run
     /// dependencies in the mirror start in the background.
-    pub async fn ensure(self: &Arc<Self>, hash: &str) -> Result<PathBuf, Failure> {
+    pub async fn ensure(self: &Arc<Self>, hash: &str) -> Result<ReadyPrefix, Failure> {
         let mut rx = match self.start(hash) {
             Ok(rx) => rx,
             Err(done) => return done,
@@ -525,7 +547,7 @@ impl LiveCatalog {
         self: Arc<Self>,
         hash: String,
         attempts: u32,
-        tx: watch::Sender<Option<Result<PathBuf, Failure>>>,
+        tx: watch::Sender<Option<Result<ReadyPrefix, Failure>>>,
     ) {
         let package = self.index_of(&hash).and_then(|i| self.package(i));
         let Some(node) = package.filter(|p| p.is_listed()).map(|p| p.node.clone()) else {
@@ -591,7 +613,7 @@ impl LiveCatalog {
             .unwrap()
             .insert(hash.clone(), Slot::Idle(state.clone()));
         let _ = tx.send(Some(match state {
-            State::Ready { path, .. } => Ok(path),
+            State::Ready { prefix, .. } => Ok(prefix),
             State::Failed { failure, .. } => Err(failure),
             _ => unreachable!("final state"),
         }));
@@ -601,18 +623,18 @@ impl LiveCatalog {
         let start = Instant::now();
         // A prefix made earlier for this root needs no mirror access (offline remounts).
         let projection = self.target.projection.template().to_string();
-        if let Some((path, entry)) = self.store.find(&node.hash, &self.target.root, &projection) {
+        if let Some((prefix, entry)) = self.store.find(&node.hash, &self.target.root, &projection) {
             match self.store.check(&entry, false) {
                 None => {
                     crate::metrics::Metrics::inc(&crate::metrics::global().cache_hits, 1);
                     tracing::info!(
                         "{}: ready from the cache ({})",
                         node.display(),
-                        path.display()
+                        prefix.path().display()
                     );
                     self.start_deps(node);
                     return Ok(State::Ready {
-                        path,
+                        prefix,
                         key: entry.key,
                         timings: None,
                         signer: entry.signer,
@@ -638,15 +660,15 @@ impl LiveCatalog {
                     &self.target.root,
                     &materialise::relocation_targets(&meta, &self.target),
                 );
-                if let Some((path, _)) = self.store.lookup(&key) {
+                if let Some((prefix, _)) = self.store.lookup(&key) {
                     crate::metrics::Metrics::inc(&crate::metrics::global().cache_hits, 1);
                     tracing::info!(
                         "{}: ready from the cache ({})",
                         node.display(),
-                        path.display()
+                        prefix.path().display()
                     );
                     return Ok(State::Ready {
-                        path,
+                        prefix,
                         key,
                         timings: None,
                         signer: meta.signer.clone(),
@@ -669,7 +691,7 @@ impl LiveCatalog {
                     root: self.target.root.clone(),
                     projection: self.target.projection.template().to_string(),
                     mirror: mirror.url().to_string(),
-                    tarball_sha256: meta.tarball_sha256.clone(),
+                    tarball_sha256: meta.tarball_sha256,
                     signer: meta.signer.clone(),
                     size: 0,
                 };
@@ -679,8 +701,8 @@ impl LiveCatalog {
                     &meta,
                     &self.target,
                     staging,
-                    Box::new(move |staged| {
-                        store.publish(staged, entry).map_err(|e| match e {
+                    Box::new(move |relocated| {
+                        store.publish(relocated, entry).map_err(|e| match e {
                             crate::store::StoreError::Io { path, source } => {
                                 InstallError::io(&package, path, source)
                             }
@@ -688,7 +710,6 @@ impl LiveCatalog {
                     }),
                 )
                 .await?;
-                let dest = self.store.prefix_path(&key);
                 let mut timings = done.timings.clone();
                 timings.verify = meta.verify_time;
                 timings.fetch = fetched.saturating_sub(meta.verify_time);
@@ -701,7 +722,7 @@ impl LiveCatalog {
                     timings
                 );
                 Ok(State::Ready {
-                    path: dest,
+                    prefix: done.prefix,
                     key,
                     timings: Some(timings),
                     signer: meta.signer.clone(),
@@ -819,7 +840,7 @@ mod tests {
             .await
             .expect("no hang")
             .expect("retried after the back-off");
-        assert!(path.join("bin/hello.sh").is_file());
+        assert!(path.path().join("bin/hello.sh").is_file());
         assert_eq!(faults.count(&m.tarball), 2);
     }
 }

@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Catalog, CatalogError, PackageMeta};
+use super::{Catalog, CatalogError, PackageMeta, Verified};
 use crate::buildcache::projection::Projection;
 use crate::buildcache::spec::SpecNode;
 use crate::install::relocate::map::RelocationMap;
 use crate::install::{self, InstallError, Limits};
 use crate::mirror::{Mirror, MirrorError};
+use crate::store::staging::{self, Published, ReadyPrefix, Relocated, Staging};
 use crate::transport::pump::pump;
 
 /// Where packages already have their place under the root (a mount's listing): relocation
@@ -136,14 +137,13 @@ pub async fn install_one(
                 return Ok(Outcome::AlreadyInstalled { prefix });
             }
             let staging_parent = PathBuf::from(&target.root).join(STAGING);
-            let staging =
-                crate::store::staging::new_in(&staging_parent, &node.hash).map_err(|e| {
-                    CatalogError::Install {
-                        package: node.display(),
-                        mirror: mirror.url().to_string(),
-                        source: Box::new(InstallError::io(&node.display(), &staging_parent, e)),
-                    }
-                })?;
+            let staging = Staging::new_in(&staging_parent, &node.hash).map_err(|e| {
+                CatalogError::Install {
+                    package: node.display(),
+                    mirror: mirror.url().to_string(),
+                    source: Box::new(InstallError::io(&node.display(), &staging_parent, e)),
+                }
+            })?;
             let dest = prefix.clone();
             let what = node.display();
             let done = materialise(
@@ -151,7 +151,10 @@ pub async fn install_one(
                 &meta,
                 target,
                 staging,
-                Box::new(move |staged| publish(staged, &dest, &what)),
+                Box::new(move |relocated| {
+                    staging::publish_at(relocated, &dest)
+                        .map_err(|e| InstallError::io(&what, &dest, e))
+                }),
             )
             .await?;
             let mut timings = done.timings.clone();
@@ -183,8 +186,8 @@ pub fn format_error(mirror: &Mirror, source: crate::buildcache::FormatError) -> 
 /// prefixes, so that publishing is a rename).
 pub const STAGING: &str = ".spackfs-staging";
 
-/// Publishes a finished prefix from staging; false when someone else published it first.
-pub type Publish = Box<dyn FnOnce(&Path) -> Result<bool, InstallError> + Send>;
+/// Publishes a relocated prefix (into the cache, or at its place under an install root).
+pub type Publish = Box<dyn FnOnce(Relocated) -> Result<Published, InstallError> + Send>;
 
 /// Stream, verify, extract and relocate a package from `mirror` for `target` in `staging`
 /// (on the file system of its destination), then hand the finished prefix to `publish`.
@@ -193,9 +196,9 @@ pub type Publish = Box<dyn FnOnce(&Path) -> Result<bool, InstallError> + Send>;
 /// pipeline made of the missing bytes.
 pub async fn materialise(
     mirror: &Mirror,
-    meta: &PackageMeta,
+    meta: &Verified<PackageMeta>,
     target: &Target,
-    staging: tempfile::TempDir,
+    staging: Staging,
     publish: Publish,
 ) -> Result<Done, CatalogError> {
     let package = meta.node().display();
@@ -216,7 +219,7 @@ pub async fn materialise(
     let job = Job {
         meta: meta.clone(),
         target: target.clone(),
-        staging: staging.path().to_path_buf(),
+        staging,
         publish,
         what: package.clone(),
     };
@@ -227,7 +230,6 @@ pub async fn materialise(
             message: format!("the install task failed: {e}"),
         }),
     };
-    drop(staging);
     if let Some(t) = failure.take() {
         return Err(blob_err(t));
     }
@@ -237,7 +239,7 @@ pub async fn materialise(
         source: Box::new(source),
     })?;
     crate::metrics::Metrics::inc(&metrics.bytes_fetched, done.compressed);
-    if done.published {
+    if done.fresh {
         crate::metrics::Metrics::inc(&metrics.packages_materialised, 1);
     }
     Ok(done)
@@ -255,9 +257,9 @@ pub fn relocation_targets(meta: &PackageMeta, target: &Target) -> Vec<String> {
 }
 
 struct Job {
-    meta: PackageMeta,
+    meta: Verified<PackageMeta>,
     target: Target,
-    staging: PathBuf,
+    staging: Staging,
     publish: Publish,
     what: String,
 }
@@ -268,13 +270,15 @@ pub struct Done {
     pub timings: Timings,
     pub unpacked: u64,
     pub compressed: u64,
+    /// The published prefix.
+    pub prefix: ReadyPrefix,
     /// False when another process published the same prefix first.
-    pub published: bool,
+    pub fresh: bool,
 }
 
 impl Done {
     fn outcome(self, prefix: PathBuf, timings: Timings) -> Outcome {
-        if self.published {
+        if self.fresh {
             Outcome::Installed {
                 prefix,
                 timings,
@@ -295,7 +299,7 @@ impl Job {
             reader,
             &self.meta.tarball_sha256,
             self.meta.tarball_size,
-            &self.staging,
+            self.staging.path(),
             self.target.limits,
             what,
         )?;
@@ -321,7 +325,7 @@ impl Job {
         );
         install::finish::finish(&ex.prefix_dir, &ex.members, what)?;
         let relocate = t.elapsed();
-        let published = (self.publish)(&ex.prefix_dir)?;
+        let published = (self.publish)(self.staging.relocated(ex.prefix_dir))?;
         Ok(Done {
             timings: Timings {
                 extract,
@@ -330,24 +334,9 @@ impl Job {
             },
             unpacked: ex.unpacked_bytes,
             compressed: ex.compressed_bytes,
-            published,
+            prefix: published.prefix,
+            fresh: published.fresh,
         })
-    }
-}
-
-/// Move the finished prefix into place with one rename. Returns false when another process
-/// published the same prefix first.
-fn publish(staged: &Path, prefix: &Path, what: &str) -> Result<bool, InstallError> {
-    if let Some(parent) = prefix.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| InstallError::io(what, parent, e))?;
-    }
-    match std::fs::rename(staged, prefix) {
-        Ok(()) => Ok(true),
-        Err(e) if prefix.is_dir() => {
-            tracing::debug!("{what}: {} appeared meanwhile: {e}", prefix.display());
-            Ok(false)
-        }
-        Err(e) => Err(InstallError::io(what, prefix, e)),
     }
 }
 

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use indexmap::IndexMap;
 
-use crate::buildcache::index::{self, IndexRecord};
+use crate::buildcache::index::IndexRecord;
 use crate::buildcache::projection::Projection;
 use crate::buildcache::spec::{SpecDag, SpecNode};
 use crate::buildcache::FormatError;
@@ -23,7 +23,7 @@ use crate::mirror::set::{Classify, Exhausted, MirrorMask, MirrorSet};
 use crate::mirror::{FailureClass, Mirror, MirrorError};
 use crate::transport::TransportError;
 
-pub use crate::mirror::{PackageMeta, TrustPolicy};
+pub use crate::mirror::{PackageMeta, TrustPolicy, Verified};
 
 /// Errors naming the mirror and package at fault.
 #[derive(Debug, thiserror::Error)]
@@ -54,8 +54,6 @@ pub enum CatalogError {
     },
     #[error("{0}")]
     Exhausted(Box<Exhausted<CatalogError>>),
-    #[error("no mirror could be read: {0}")]
-    NoMirror(String),
     #[error("package {package}: internal error: {message}")]
     Internal { package: String, message: String },
 }
@@ -254,8 +252,9 @@ impl Catalog {
         }
     }
 
-    fn set_records(&self, i: usize, records: Vec<IndexRecord>, kept: bool) {
+    fn set_records(&self, i: usize, records: Verified<Vec<IndexRecord>>, kept: bool) {
         let recs: Vec<(Arc<SpecNode>, bool)> = records
+            .into_inner()
             .into_iter()
             .map(|r| (Arc::new(r.node), r.in_buildcache))
             .collect();
@@ -303,8 +302,7 @@ impl Catalog {
     /// List mirror `i` from an index kept on disk (a Spack database), because the mirror
     /// cannot be read now. Its packages are still fetched from it (and verified) on use.
     pub fn adopt_kept(&self, i: usize, json: &[u8]) -> Result<usize, FormatError> {
-        let what = format!("kept index of {}", self.set.mirrors()[i].url());
-        let records = index::parse(json, &what)?;
+        let records = self.set.mirrors()[i].kept_index(json)?;
         let n = records.iter().filter(|r| r.in_buildcache).count();
         self.set_records(i, records, true);
         self.rebuild();
@@ -421,7 +419,7 @@ impl Catalog {
     /// mirrors the current namespace routes it to.
     pub async fn fetch<T, F, Fut>(&self, node: &SpecNode, attempt: F) -> Result<T, CatalogError>
     where
-        F: FnMut(Arc<Mirror>, PackageMeta) -> Fut,
+        F: FnMut(Arc<Mirror>, Verified<PackageMeta>) -> Fut,
         Fut: std::future::Future<Output = Result<T, CatalogError>>,
     {
         let ns = self.namespace();
@@ -439,7 +437,7 @@ impl Catalog {
     }
 
     /// The verified metadata of a package from the first mirror that gives it.
-    pub async fn meta(&self, node: &SpecNode) -> Result<PackageMeta, CatalogError> {
+    pub async fn meta(&self, node: &SpecNode) -> Result<Verified<PackageMeta>, CatalogError> {
         self.fetch(node, |_, meta| async move { Ok(meta) }).await
     }
 
@@ -486,7 +484,7 @@ impl Catalog {
             for (node, parent, meta) in metas {
                 // Dependencies come from the package's own spec DAG.
                 let dag = match meta {
-                    Ok(m) => m.dag,
+                    Ok(m) => m.into_inner().dag,
                     Err(e) if parent.is_some() && e.is_absent() => {
                         out.skipped
                             .push((node.display(), parent, "not in the mirrors".into()));
@@ -578,7 +576,7 @@ mod tests {
         )
         .unwrap();
         let json = database_json([(&a, true), (&b, false), (&a, false)].into_iter());
-        let recs = index::parse(&json, "t").unwrap();
+        let recs = crate::buildcache::index::parse(&json, "t").unwrap();
         assert_eq!(recs.len(), 2);
         assert!(recs[0].in_buildcache && !recs[1].in_buildcache);
         assert_eq!(recs[1].node.name, "b");

@@ -37,7 +37,7 @@ pub(crate) async fn ls(
     .await;
     for (e, meta) in metas {
         let node = &e.node;
-        let (prefix, size, signer, mirror) = match meta {
+        let (prefix, size, signer, mirror) = match meta.map(|m| m.into_inner()) {
             Ok(m) => (
                 Catalog::prefix_of(root, &projection, node, Some(&m.dag))?,
                 m.tarball_size

@@ -97,6 +97,11 @@ enum Command {
         /// system (`25%`). Least recently used prefixes are evicted past it.
         #[arg(long)]
         cache_size: Option<String>,
+        /// A prefix used more recently than this is not evicted (the bound is overshot
+        /// instead, and logged), so that a process between its lookup and its open, or
+        /// loading libraries, never loses its files, e.g. `10s`.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        cache_grace: Duration,
         #[arg(long, default_value = DEFAULT_PROJECTION)]
         projection: String,
         /// FUSE event-loop threads.
@@ -392,6 +397,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             remote,
             cache_dir,
             cache_size,
+            cache_grace,
             projection,
             threads,
             read_mode,
@@ -401,9 +407,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let cache_dir = cache_dir.unwrap_or_else(mount::default_cache_dir);
             let bound = match cache_size {
-                Some(s) => Some(Bound::new(
-                    spackfs::store::parse_size(&s, &cache_dir).map_err(anyhow::Error::msg)?,
-                )),
+                Some(s) => Some(Bound {
+                    grace: cache_grace,
+                    ..Bound::new(
+                        spackfs::store::parse_size(&s, &cache_dir).map_err(anyhow::Error::msg)?,
+                    )
+                }),
                 None => None,
             };
             let opts = mount::MountArgs {

@@ -187,7 +187,7 @@ pub(crate) async fn mount(
     // The fs moves into the session: keep what the observer needs first.
     let parts = fs.observer_parts();
     let session = spackfs::fs::mount::spawn(fs, &path, opts.threads)?;
-    live.set_observer(parts.with_kernel(Box::new(spackfs::fs::fuse::Notifier(
+    live.set_observer(parts.with_kernel(Box::new(spackfs::fs::fuse::Notifier::new(
         session.notifier(),
     ))));
     live.start_refresh(opts.index_ttl);

@@ -196,6 +196,7 @@ pub fn parse(text: &str, path: &Path, mount_point: &str) -> Result<Vec<MirrorCon
         path: path.to_path_buf(),
         message,
     };
+    crate::buildcache::buildinfo::check_yaml_expansion(text.as_bytes()).map_err(invalid)?;
     let doc: Value = serde_yaml_ng::from_str(text).map_err(|source| ConfigError::Yaml {
         path: path.to_path_buf(),
         source,
@@ -750,6 +751,20 @@ mod tests {
         }
         let e = parse(": : :", Path::new("m.yaml"), "/u").unwrap_err();
         assert!(e.to_string().starts_with("m.yaml: invalid YAML"), "{e}");
+    }
+
+    /// Found by tests/properties.rs (mirrors_yaml): aliases to a long scalar expanded a
+    /// 72 KB file to 70 MB of values.
+    #[test]
+    fn aliases_cannot_expand_a_config_far_past_its_size() {
+        let mut y = format!("zz: &big \"{}\"\nmirrors:\n", "a".repeat(16 << 10));
+        for i in 0..4096 {
+            y.push_str(&format!("  m{i}: *big\n"));
+        }
+        let e = parse(&y, Path::new("m.yaml"), "/u")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("m.yaml: its aliases expand"), "{e}");
     }
 
     #[test]

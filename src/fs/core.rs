@@ -10,7 +10,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,6 +20,7 @@ use fuser::{Errno, FileAttr, FileType, INodeNo};
 use super::errno::ToErrno;
 use super::inodes::{Inodes, Listing, Node, ROOT};
 use crate::catalog::live::{LiveCatalog, NamespaceChange, Observer, State};
+use crate::store::ReadyPrefix;
 
 /// How file reads are served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,8 +37,8 @@ enum Handle {
         file: Arc<File>,
         /// Kept alive while the file is open (the kernel's passthrough backing id).
         keep: Option<Arc<dyn Send + Sync>>,
-        /// The store entry pinned while the file is open.
-        pin: Option<String>,
+        /// The store entry pinned while the file is open (unpinned when dropped).
+        _pin: Option<crate::store::Pin>,
     },
     Memory(Arc<Vec<u8>>),
 }
@@ -192,7 +193,8 @@ impl FsCore {
     }
 
     /// The ready prefix of package `pkg`: now, or once it is materialised (or its failure).
-    async fn ready_dir(&self, pkg: usize) -> Result<PathBuf, Errno> {
+    /// Only a published [`ReadyPrefix`] is ever served.
+    async fn ready_dir(&self, pkg: usize) -> Result<ReadyPrefix, Errno> {
         let hash = self
             .live
             .package(pkg)
@@ -221,10 +223,14 @@ impl FsCore {
             }
             Some(Node::Package { pkg }) => {
                 let dir = self.ready_dir(pkg).await?;
-                match self.lookup_backed(&dir, name, pkg) {
-                    Err(e) if e == Errno::ENOENT && self.live.lost(pkg) => Err(Errno::ESTALE),
-                    r => r,
+                // A prefix that left the cache since (even before its waiters were
+                // answered) is stale for every one of them, never absent.
+                if !dir.path().is_dir() {
+                    self.live.lost(pkg);
+                    return Err(Errno::ESTALE);
                 }
+                self.lookup_backed(dir.path(), name, pkg)
+                    .map_err(|e| self.stale_or(pkg, e))
             }
             Some(Node::Backed { path, pkg }) => self
                 .lookup_backed(&path, name, pkg)
@@ -285,12 +291,7 @@ impl FsCore {
                 self.live.note_use(pkg);
                 let file = match File::open(&path) {
                     Ok(f) => Arc::new(f),
-                    Err(e) => {
-                        if let Some(k) = pin {
-                            self.live.unpin(&k);
-                        }
-                        return Err(self.stale_or(pkg, e.errno()));
-                    }
+                    Err(e) => return Err(self.stale_or(pkg, e.errno())),
                 };
                 let fh = self.next_fh();
                 // Registered before the reply: the release may come at once, on another
@@ -300,7 +301,7 @@ impl FsCore {
                     Handle::Backed {
                         file: file.clone(),
                         keep: None,
-                        pin,
+                        _pin: pin,
                     },
                 );
                 Ok((fh, Opened::Backed(file)))
@@ -346,13 +347,10 @@ impl FsCore {
         }
     }
 
-    /// Close handle `fh` (its pin goes).
+    /// Close handle `fh` (its pin goes with it).
     pub fn release(&self, fh: u64) {
-        if let Some(Handle::Backed { pin: Some(key), .. }) =
-            self.handles.lock().unwrap().remove(&fh)
-        {
-            self.live.unpin(&key);
-        }
+        let handle = self.handles.lock().unwrap().remove(&fh);
+        drop(handle);
     }
 
     /// Open directory `ino`: its listing is taken now (a package is made ready first).
@@ -375,7 +373,7 @@ impl FsCore {
             }
             Some(Node::Package { pkg }) => {
                 let dir = self.ready_dir(pkg).await?;
-                listing(&self.inodes, ino, &dir, pkg)?
+                listing(&self.inodes, ino, dir.path(), pkg)?
             }
             Some(Node::File { .. }) => return Err(Errno::ENOTDIR),
             None => return Err(Errno::ENOENT),
@@ -548,6 +546,8 @@ pub trait KernelCache: Send + Sync {
     fn forget_entry(&self, parent: u64, name: &OsStr);
     /// Drop what is cached of inode `ino` (attributes, pages, a directory's listing).
     fn forget_inode(&self, ino: u64);
+    /// Wait, up to `limit`, until everything asked so far is done.
+    fn flush(&self, limit: std::time::Duration);
 }
 
 impl ObserverParts {
@@ -575,11 +575,14 @@ impl TreeObserver {
 }
 
 impl Observer for TreeObserver {
-    fn evicted(&self, pkg: usize) {
+    fn evicted(&self, pkg: usize, wait: Option<std::time::Duration>) {
         self.inodes.forget_package(pkg);
         if let Some((parent, name, ino)) = self.inodes.package_entry(pkg) {
-            self.kernel.forget_entry(parent, &name);
             self.kernel.forget_inode(ino);
+            self.kernel.forget_entry(parent, &name);
+            if let Some(limit) = wait {
+                self.kernel.flush(limit);
+            }
         }
     }
 
@@ -715,7 +718,10 @@ mod tests {
             .await
             .unwrap();
         let text = String::from_utf8(read_all(&core, script.ino.0)).unwrap();
-        assert_eq!(text, format!("#!/bin/sh\necho {ROOT_DIR}/{}\n", package(&m)));
+        assert_eq!(
+            text,
+            format!("#!/bin/sh\necho {ROOT_DIR}/{}\n", package(&m))
+        );
         assert_eq!(
             walk(&core, "linux-x86_64/nothing").await.unwrap_err(),
             Errno::ENOENT

@@ -11,12 +11,12 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, UNIX_EPOCH};
 
-use futures::FutureExt;
 use fuser::{
     BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     InitFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
+use futures::FutureExt;
 
 use super::core::{FsCore, KernelCache, ObserverParts, Opened, ReadMode};
 use crate::catalog::live::LiveCatalog;
@@ -78,18 +78,70 @@ impl SpackFs {
     }
 }
 
-/// The kernel's caches, through the session's notifier.
-pub struct Notifier(pub fuser::Notifier);
+/// What the kernel is to forget.
+enum Note {
+    Entry(u64, std::ffi::OsString),
+    Inode(u64),
+    /// Answered once every note before it was sent to the kernel.
+    Flush(std::sync::mpsc::SyncSender<()>),
+}
+
+/// The kernel's caches, through the session's notifier, from a thread of its own: an
+/// invalidation waits for the kernel's lock on the directory, which a process in the middle
+/// of a lookup there holds until a FUSE thread answers it — so it must never be sent from
+/// a FUSE thread, nor while holding a lock a FUSE thread may wait for (the cache's, during
+/// an eviction). Notes are sent in order.
+pub struct Notifier {
+    tx: std::sync::mpsc::Sender<Note>,
+}
+
+impl Notifier {
+    pub fn new(notifier: fuser::Notifier) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<Note>();
+        std::thread::Builder::new()
+            .name("spackfs-notify".into())
+            .spawn(move || {
+                for note in rx {
+                    match note {
+                        Note::Entry(parent, name) => {
+                            let r = notifier.inval_entry(INodeNo(parent), &name);
+                            tracing::debug!("kernel told to forget {name:?} in {parent}: {r:?}");
+                        }
+                        Note::Inode(ino) => {
+                            let r = notifier.inval_inode(INodeNo(ino), 0, 0);
+                            tracing::debug!("kernel told to drop inode {ino}: {r:?}");
+                        }
+                        Note::Flush(done) => {
+                            let _ = done.send(());
+                        }
+                    }
+                }
+            })
+            .expect("notifier thread");
+        Notifier { tx }
+    }
+
+    fn send(&self, note: Note) {
+        // The thread ends only with the session: a closed channel means nothing to tell.
+        let _ = self.tx.send(note);
+    }
+}
 
 impl KernelCache for Notifier {
     fn forget_entry(&self, parent: u64, name: &OsStr) {
-        let r = self.0.inval_entry(INodeNo(parent), name);
-        tracing::debug!("kernel told to forget {name:?} in {parent}: {r:?}");
+        self.send(Note::Entry(parent, name.to_os_string()));
     }
 
     fn forget_inode(&self, ino: u64) {
-        let r = self.0.inval_inode(INodeNo(ino), 0, 0);
-        tracing::debug!("kernel told to drop inode {ino}: {r:?}");
+        self.send(Note::Inode(ino));
+    }
+
+    fn flush(&self, limit: std::time::Duration) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.send(Note::Flush(tx));
+        if rx.recv_timeout(limit).is_err() {
+            tracing::debug!("the kernel has not forgotten the entries within {limit:?}");
+        }
     }
 }
 

@@ -21,6 +21,7 @@ use super::hashing::HashingReader;
 use super::inflate::{decoder, LimitReader};
 use super::{InstallError, Limits};
 use crate::buildcache::buildinfo::BuildInfo;
+use crate::buildcache::checksum::Sha256;
 
 /// Spack leaves untouched entries with mtime 0.
 pub fn epoch_times() -> std::fs::FileTimes {
@@ -51,7 +52,7 @@ pub struct Extracted {
     /// Members below the prefix, by path relative to it, with their kind and tar mode.
     pub members: HashMap<String, (MemberKind, u32)>,
     /// sha256 and size of the stored (compressed) blob.
-    pub sha256: String,
+    pub sha256: Sha256,
     pub compressed_bytes: u64,
     /// Bytes of tar data inflated.
     pub unpacked_bytes: u64,
@@ -61,7 +62,7 @@ pub struct Extracted {
 /// when known) against the manifest. On any error the caller removes `staging`.
 pub fn extract(
     input: impl Read,
-    expected_sha256: &str,
+    expected_sha256: &Sha256,
     expected_len: Option<u64>,
     staging: &Path,
     limits: Limits,
@@ -83,11 +84,11 @@ pub fn extract(
             });
         }
     }
-    if !sha256.eq_ignore_ascii_case(expected_sha256) {
+    if sha256 != *expected_sha256 {
         return Err(InstallError::Checksum {
             what: what.to_string(),
             expected: expected_sha256.to_string(),
-            actual: sha256,
+            actual: sha256.to_string(),
         });
     }
     let (members, unpacked_bytes) = result?;
@@ -120,7 +121,7 @@ fn untar(
         found,
     })?;
     let mut limited = LimitReader::new(inflated, limits.max_unpacked);
-    let result = untar_members(&mut limited, staging, what);
+    let result = untar_members(&mut HeaderGuard::new(&mut limited), staging, what);
     if limited.exceeded() {
         return Err(InstallError::TooLarge {
             what: what.to_string(),
@@ -128,6 +129,143 @@ fn untar(
         });
     }
     result.map(|m| (m, limited.total()))
+}
+
+/// The longest extension header (pax `x`/`g`, GNU `L`/`K`) a tarball may have: the `tar`
+/// crate reads one whole into memory, so its size field would otherwise decide how much is
+/// allocated (a pax header of gigabytes of zeros compresses to almost nothing).
+const MAX_EXTENSION_HEADER: u64 = 1 << 20;
+
+/// Watches the headers of the tar stream as they pass, block for block in step with the `tar`
+/// crate (a member's data length is its header's size, or the `size` record of a pax header
+/// before it), and fails the read that brings the header of an extension member longer than
+/// [`MAX_EXTENSION_HEADER`].
+struct HeaderGuard<R> {
+    inner: R,
+    header: [u8; 512],
+    filled: usize,
+    /// Bytes of the current member's (padded) data still to pass.
+    data_left: u64,
+    /// The data of the pax header passing, and its length without padding.
+    pax: Option<(Vec<u8>, u64)>,
+    /// The `size` record of the last pax header, for the next member that is not an
+    /// extension.
+    pax_size: Option<u64>,
+    /// Past the end of the archive, or at a header the `tar` crate refuses or a sparse member
+    /// (which extraction refuses): nothing more to watch.
+    done: bool,
+}
+
+impl<R: Read> HeaderGuard<R> {
+    fn new(inner: R) -> Self {
+        HeaderGuard {
+            inner,
+            header: [0; 512],
+            filled: 0,
+            data_left: 0,
+            pax: None,
+            pax_size: None,
+            done: false,
+        }
+    }
+
+    fn observe(&mut self, mut data: &[u8]) -> std::io::Result<()> {
+        while !data.is_empty() && !self.done {
+            if self.data_left > 0 {
+                let n = self.data_left.min(data.len() as u64) as usize;
+                if let Some((p, len)) = &mut self.pax {
+                    let want = (*len as usize).saturating_sub(p.len()).min(n);
+                    p.extend_from_slice(&data[..want]);
+                }
+                self.data_left -= n as u64;
+                data = &data[n..];
+                if self.data_left == 0 {
+                    self.end_of_data();
+                }
+                continue;
+            }
+            let n = (512 - self.filled).min(data.len());
+            self.header[self.filled..self.filled + n].copy_from_slice(&data[..n]);
+            self.filled += n;
+            data = &data[n..];
+            if self.filled == 512 {
+                self.filled = 0;
+                self.on_header()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_header(&mut self) -> std::io::Result<()> {
+        if self.header.iter().all(|b| *b == 0) {
+            self.done = true;
+            return Ok(());
+        }
+        let header = tar::Header::from_byte_slice(&self.header);
+        let kind = header.entry_type();
+        let Ok(mut size) = header.entry_size() else {
+            self.done = true;
+            return Ok(());
+        };
+        let pax_or_long =
+            kind.is_pax_local_extensions() || kind.is_gnu_longname() || kind.is_gnu_longlink();
+        if !pax_or_long {
+            // The member a pax header describes: its size record applies (not to a global
+            // header, which takes the pax header up all the same).
+            let pending = self.pax_size.take();
+            if !kind.is_pax_global_extensions() {
+                size = pending.unwrap_or(size);
+            }
+        }
+        if kind.is_gnu_sparse() {
+            self.done = true;
+            return Ok(());
+        }
+        if (pax_or_long || kind.is_pax_global_extensions()) && size > MAX_EXTENSION_HEADER {
+            return Err(std::io::Error::other(format!(
+                "member {:?}: {kind:?} extension header of {size} bytes (at most {MAX_EXTENSION_HEADER})",
+                String::from_utf8_lossy(&header.path_bytes())
+            )));
+        }
+        self.pax = kind
+            .is_pax_local_extensions()
+            .then(|| (Vec::with_capacity(size as usize), size));
+        let Some(padded) = size.checked_add(511) else {
+            // The `tar` crate refuses it ("size overflow").
+            self.done = true;
+            return Ok(());
+        };
+        self.data_left = padded & !511;
+        if self.data_left == 0 {
+            self.end_of_data();
+        }
+        Ok(())
+    }
+
+    fn end_of_data(&mut self) {
+        if let Some((p, _)) = self.pax.take() {
+            self.pax_size = pax_size(&p);
+        }
+    }
+}
+
+/// The `size` record of pax data, read as the `tar` crate reads it.
+fn pax_size(data: &[u8]) -> Option<u64> {
+    for ext in tar::PaxExtensions::new(data) {
+        let ext = ext.ok()?;
+        if ext.key() == Ok("size") {
+            return ext.value().ok()?.parse().ok();
+        }
+    }
+    None
+}
+
+impl<R: Read> Read for HeaderGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.observe(&buf[..n])?;
+        Ok(n)
+    }
 }
 
 fn untar_members(
@@ -341,7 +479,7 @@ fn is_within(name: &str, prefix: &str) -> bool {
 fn locate_prefix(
     members: Vec<Member>,
     staging: &Path,
-    sha256: String,
+    sha256: Sha256,
     compressed_bytes: u64,
     unpacked_bytes: u64,
     what: &str,
@@ -438,6 +576,74 @@ fn locate_prefix(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn header(kind: EntryType, name: &str, size: u64) -> Vec<u8> {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_path(name).unwrap();
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_cksum();
+        h.as_bytes().to_vec()
+    }
+
+    fn untar_gz(tar: &[u8]) -> Result<(Vec<Member>, u64), InstallError> {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(tar).unwrap();
+        let blob = gz.finish().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_unpacked: 1 << 30,
+        };
+        untar(&mut &blob[..], &dir.path().join("s"), limits, "pkg")
+    }
+
+    /// Found by tests/properties.rs (tar_bomb): the `tar` crate reads an extension header
+    /// whole into memory, as long as its size field says (16 MiB of pax header, 162 KB of
+    /// gzip, held 34 MB).
+    #[test]
+    fn extension_headers_are_bounded_before_they_are_read() {
+        for kind in [
+            EntryType::XHeader,
+            EntryType::GNULongName,
+            EntryType::GNULongLink,
+        ] {
+            let mut tar = header(kind, "././@LongLink", 2 << 20);
+            tar.resize(512 + (2 << 20) + 1024, 0);
+            let Err(e) = untar_gz(&tar) else {
+                panic!("{kind:?} of 2 MiB accepted")
+            };
+            let e = e.to_string();
+            assert!(
+                e.contains("extension header of 2097152 bytes"),
+                "{kind:?}: {e}"
+            );
+        }
+        // In step with a pax size record: `size=0` makes the next header start where the
+        // file's header says its data is.
+        let mut tar = header(EntryType::XHeader, "././@PaxHeader", 10);
+        tar.extend_from_slice(b"10 size=0\n");
+        tar.resize(1024, 0);
+        tar.extend(header(EntryType::Regular, "opt/f", 1536));
+        tar.extend(header(EntryType::GNULongName, "././@LongLink", 2 << 20));
+        tar.resize(tar.len() + 2048, 0);
+        let Err(e) = untar_gz(&tar) else {
+            panic!("a long name hidden behind a pax size accepted")
+        };
+        let e = e.to_string();
+        assert!(e.contains("extension header of 2097152 bytes"), "{e}");
+        // Long names and pax records of ordinary size pass.
+        let mut tar = header(EntryType::XHeader, "././@PaxHeader", 20);
+        tar.extend_from_slice(b"20 path=opt/long/nm\n");
+        tar.resize(1024, 0);
+        tar.extend(header(EntryType::Directory, "opt/", 0));
+        tar.resize(tar.len() + 1024, 0);
+        let Ok((members, _)) = untar_gz(&tar) else {
+            panic!("an ordinary pax header refused")
+        };
+        assert_eq!(members[0].name, "opt/long/nm");
+    }
 
     #[test]
     fn names_are_checked_component_wise() {

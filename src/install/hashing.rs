@@ -2,11 +2,13 @@
 
 use std::io::Read;
 
-use sha2::{Digest, Sha256};
+use sha2::Digest;
+
+use crate::buildcache::checksum::Sha256;
 
 pub struct HashingReader<R> {
     inner: R,
-    hasher: Sha256,
+    hasher: sha2::Sha256,
     count: u64,
 }
 
@@ -14,15 +16,15 @@ impl<R: Read> HashingReader<R> {
     pub fn new(inner: R) -> Self {
         HashingReader {
             inner,
-            hasher: Sha256::new(),
+            hasher: sha2::Sha256::new(),
             count: 0,
         }
     }
 
-    /// Read the rest of the input, then return (hex sha256, total bytes).
-    pub fn finish(mut self) -> std::io::Result<(String, u64)> {
+    /// Read the rest of the input, then return (sha256, total bytes).
+    pub fn finish(mut self) -> std::io::Result<(Sha256, u64)> {
         std::io::copy(&mut self, &mut std::io::sink())?;
-        Ok((hex::encode(self.hasher.finalize()), self.count))
+        Ok((Sha256::from_hasher(self.hasher), self.count))
     }
 }
 
@@ -37,5 +39,5 @@ impl<R: Read> Read for HashingReader<R> {
 
 /// sha256 of a byte slice, as lowercase hex.
 pub fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
+    Sha256::of(data).hex()
 }

@@ -10,7 +10,8 @@ use std::io::{BufRead, BufReader};
 
 use futures::StreamExt;
 
-use super::{Mirror, MirrorError, TrustPolicy, SMALL_LIMIT};
+use super::{Mirror, MirrorError, TrustPolicy, Verified, SMALL_LIMIT};
+use crate::buildcache::checksum::Sha256;
 use crate::buildcache::index::{self, IndexRecord};
 use crate::buildcache::layout::{self, Layout};
 use crate::buildcache::manifest::{self, Manifest};
@@ -23,9 +24,9 @@ const V2_INDEX_HASH: &str = "build_cache/index.json.hash";
 #[derive(Debug, Default)]
 pub struct IndexState {
     v3_validator: Option<String>,
-    v3_checksum: Option<String>,
+    v3_checksum: Option<Sha256>,
     v2_validator: Option<String>,
-    v2_checksum: Option<String>,
+    v2_checksum: Option<Sha256>,
     /// The last read found no v2 index beside the v3 one: while the v3 index does not
     /// change, it is not asked for again (an unchanged refresh is one request).
     v2_absent: bool,
@@ -63,7 +64,7 @@ pub enum IndexRead {
     Unchanged,
     /// The (new) package list.
     Fresh {
-        records: Vec<IndexRecord>,
+        records: Verified<Vec<IndexRecord>>,
         source: IndexSource,
     },
     /// No index, and the protocol cannot list: packages are looked up directly.
@@ -81,7 +82,7 @@ enum Part {
 /// a manifest gives them), and the body when it was already fetched.
 struct Changed {
     validator: Option<String>,
-    checksum: Option<String>,
+    checksum: Option<Sha256>,
     body: Option<ByteStream>,
     blob_path: String,
     size: Option<u64>,
@@ -116,20 +117,17 @@ impl Mirror {
             let s = self.index_state.lock().unwrap();
             (
                 s.v3_validator.clone(),
-                s.v3_checksum.clone(),
+                s.v3_checksum,
                 s.v2_validator.clone(),
-                s.v2_checksum.clone(),
+                s.v2_checksum,
                 s.v2_absent,
             )
         };
-        let v3 = self
-            .v3_part(v3_validator.as_deref(), v3_checksum.as_deref())
-            .await?;
+        let v3 = self.v3_part(v3_validator.as_deref(), v3_checksum).await?;
         let v2 = if v2_absent && matches!(v3, Part::Same) {
             Part::Absent
         } else {
-            self.v2_part(v2_validator.as_deref(), v2_checksum.as_deref())
-                .await?
+            self.v2_part(v2_validator.as_deref(), v2_checksum).await?
         };
         match (&v3, &v2) {
             (Part::Absent, Part::Absent) => return self.read_listing().await,
@@ -178,7 +176,7 @@ impl Mirror {
                 None => self.store().get(&blob_path).await?,
             };
             let (recs, sum) = self
-                .parse_index_stream(body, &blob_path, checksum.as_deref(), size)
+                .parse_index_stream(body, &blob_path, checksum, size)
                 .await?;
             if layout == Layout::V2 {
                 state.v2_listed = recs
@@ -201,7 +199,11 @@ impl Mirror {
         }
         *self.index_state.lock().unwrap() = state;
         self.clear_absent();
-        Ok(IndexRead::Fresh { records, source })
+        // Every part's checksum (and signature, when signed) matched.
+        Ok(IndexRead::Fresh {
+            records: Verified::new(records),
+            source,
+        })
     }
 
     fn index_err(&self, message: impl Into<String>) -> MirrorError {
@@ -215,7 +217,7 @@ impl Mirror {
     async fn v3_part(
         &self,
         validator: Option<&str>,
-        last_checksum: Option<&str>,
+        last_checksum: Option<Sha256>,
     ) -> Result<Part, MirrorError> {
         let path = layout::V3_INDEX_MANIFEST;
         let (stream, validator) = match self.store().get_if_changed(path, validator).await {
@@ -251,8 +253,8 @@ impl Mirror {
         let rec = man
             .find(manifest::MEDIA_INDEX, &what)
             .map_err(|e| self.index_err(e.to_string()))?;
-        let checksum = rec.checksum.to_ascii_lowercase();
-        if last_checksum == Some(checksum.as_str()) {
+        let checksum = rec.checksum;
+        if last_checksum == Some(checksum) {
             // A new manifest for the same blob: remember its validator only.
             self.index_state.lock().unwrap().v3_validator = validator;
             return Ok(Part::Same);
@@ -270,7 +272,7 @@ impl Mirror {
     async fn v2_part(
         &self,
         validator: Option<&str>,
-        last_checksum: Option<&str>,
+        last_checksum: Option<Sha256>,
     ) -> Result<Part, MirrorError> {
         match self.store().get_if_changed(V2_INDEX_HASH, validator).await {
             Ok(Conditional::Unchanged) => return Ok(Part::Same),
@@ -278,15 +280,14 @@ impl Mirror {
                 let raw = transport::collect(stream, 4096, self.url(), V2_INDEX_HASH).await?;
                 // The hash file may end with a newline: read 64 hex digits.
                 let text = String::from_utf8_lossy(&raw);
-                let sum = text.trim();
-                if sum.len() != 64 || !sum.bytes().all(|b| b.is_ascii_hexdigit()) {
+                let text = text.trim();
+                let Some(sum) = Sha256::parse(text) else {
                     return Err(self.index_err(format!(
                         "{V2_INDEX_HASH} does not hold a sha256 ({:?})",
-                        &sum[..sum.len().min(80)]
+                        text.chars().take(80).collect::<String>()
                     )));
-                }
-                let sum = sum.to_ascii_lowercase();
-                if last_checksum == Some(sum.as_str()) {
+                };
+                if last_checksum == Some(sum) {
                     self.index_state.lock().unwrap().v2_validator = validator;
                     return Ok(Part::Same);
                 }
@@ -326,9 +327,9 @@ impl Mirror {
         &self,
         body: ByteStream,
         path: &str,
-        expected: Option<&str>,
+        expected: Option<Sha256>,
         size: Option<u64>,
-    ) -> Result<(Vec<IndexRecord>, String), MirrorError> {
+    ) -> Result<(Vec<IndexRecord>, Sha256), MirrorError> {
         let (reader, failure) = pump::pump(body, self.url(), path);
         let what = format!("{}/{path}", self.url());
         let w = what.clone();
@@ -362,7 +363,7 @@ impl Mirror {
             source,
         })?;
         if let Some(expected) = expected {
-            if !sum.eq_ignore_ascii_case(expected) {
+            if sum != expected {
                 return Err(self.index_err(format!(
                     "index blob {path} does not match its sha256 (expected {expected}, got {sum}): altered or corrupt"
                 )));
@@ -471,9 +472,73 @@ impl Mirror {
             records.extend(listed[*p][1..].iter().cloned());
         }
         self.index_state.lock().unwrap().listed = Some(listed);
+        // Each package's metadata was verified as a fetch verifies it.
         Ok(IndexRead::Fresh {
-            records,
+            records: Verified::new(records),
             source: IndexSource::Listing,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::mirror::Backoff;
+
+    fn mirror_of(dir: &std::path::Path) -> Mirror {
+        let store = crate::transport::open(&dir.to_string_lossy(), &Default::default()).unwrap();
+        Mirror::new(
+            "t",
+            store,
+            TrustPolicy::Unsigned,
+            Backoff::default(),
+            Duration::from_secs(60),
+        )
+    }
+
+    /// A v2 `index.json.hash` that is not a sha256 (here: text cut inside a character when
+    /// quoted) is an error naming it, never a panic.
+    #[tokio::test]
+    async fn a_v2_index_hash_that_is_no_sha256_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("build_cache")).unwrap();
+        let text = format!("{}é and more", "x".repeat(79));
+        std::fs::write(dir.path().join(V2_INDEX_HASH), text).unwrap();
+        std::fs::write(
+            dir.path().join(layout::V2_INDEX),
+            r#"{"database":{"version":"8","installs":{}}}"#,
+        )
+        .unwrap();
+        let err = match mirror_of(dir.path()).read_index().await {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("accepted"),
+        };
+        assert!(err.contains("index.json.hash"), "{err}");
+    }
+
+    /// An index blob that does not match its manifest is refused, and a later read of the
+    /// same (still bad) index is refused again: nothing unverified is ever remembered.
+    #[tokio::test]
+    async fn an_index_blob_that_does_not_match_is_refused_every_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = crate::writer::MirrorWriter::new(&dir.path().join("m"), None).unwrap();
+        w.finish().unwrap();
+        let m = dir.path().join("m");
+        let manifest = std::fs::read(m.join(layout::V3_INDEX_MANIFEST)).unwrap();
+        let man = Manifest::parse(&manifest, "t").unwrap();
+        let blob = m.join(man.data[0].path());
+        let mut bytes = std::fs::read(&blob).unwrap();
+        bytes[0] ^= 1;
+        std::fs::write(&blob, bytes).unwrap();
+        let mirror = mirror_of(&m);
+        for _ in 0..2 {
+            let err = match mirror.read_index().await {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("accepted"),
+            };
+            assert!(err.contains("does not match its sha256"), "{err}");
+        }
     }
 }

@@ -6,20 +6,23 @@
 pub mod health;
 pub mod index;
 pub mod set;
+pub mod verified;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::buildcache::checksum::Sha256;
+use crate::buildcache::index::IndexRecord;
 use crate::buildcache::layout::{self, Layout};
 use crate::buildcache::manifest::{self, Manifest};
 use crate::buildcache::spec::{SpecDag, SpecNode};
 use crate::buildcache::FormatError;
-use crate::install::hashing::sha256_hex;
 use crate::transport::{BlobStore, ByteStream, TransportError};
 use crate::trust::{Keyring, TrustError};
 
 pub use health::{Backoff, Health, HealthReport};
+pub use verified::Verified;
 
 /// The most a manifest, spec file or spec blob may weigh (they are a few kB).
 pub const SMALL_LIMIT: u64 = 64 << 20;
@@ -103,7 +106,7 @@ pub struct PackageMeta {
     pub dag: SpecDag,
     pub layout: Layout,
     pub tarball_path: String,
-    pub tarball_sha256: String,
+    pub tarball_sha256: Sha256,
     pub tarball_size: Option<u64>,
     /// Fingerprint of the signer, or `None` when unsigned.
     pub signer: Option<String>,
@@ -125,7 +128,7 @@ pub struct Mirror {
     store: Box<dyn BlobStore>,
     trust: TrustPolicy,
     health: Health,
-    meta_cache: Mutex<HashMap<String, PackageMeta>>,
+    meta_cache: Mutex<HashMap<String, Verified<PackageMeta>>>,
     /// Packages this mirror answered "not found" for, and when.
     absent: Mutex<HashMap<String, Instant>>,
     /// How long an absence is believed.
@@ -173,10 +176,6 @@ impl Mirror {
 
     pub fn health(&self) -> &Health {
         &self.health
-    }
-
-    pub fn is_signed(&self) -> bool {
-        matches!(self.trust, TrustPolicy::Require(_))
     }
 
     pub fn store(&self) -> &dyn BlobStore {
@@ -265,7 +264,7 @@ impl Mirror {
         &self,
         node: &SpecNode,
         compiler: Option<&(String, String)>,
-    ) -> Result<PackageMeta, MirrorError> {
+    ) -> Result<Verified<PackageMeta>, MirrorError> {
         if let Some(m) = self.meta_cache.lock().unwrap().get(&node.hash) {
             return Ok(m.clone());
         }
@@ -298,8 +297,13 @@ impl Mirror {
         self.bind(node, meta)
     }
 
-    /// The signed metadata must describe the package it was fetched for; cache it.
-    fn bind(&self, node: &SpecNode, meta: PackageMeta) -> Result<PackageMeta, MirrorError> {
+    /// The signed metadata must describe the package it was fetched for: then it is
+    /// verified (its signature and its spec blob were checked); cache it.
+    fn bind(
+        &self,
+        node: &SpecNode,
+        meta: PackageMeta,
+    ) -> Result<Verified<PackageMeta>, MirrorError> {
         let root = meta.node();
         if root.hash != node.hash {
             return Err(MirrorError::Integrity {
@@ -311,6 +315,7 @@ impl Mirror {
                 ),
             });
         }
+        let meta = Verified::new(meta);
         self.meta_cache
             .lock()
             .unwrap()
@@ -338,7 +343,7 @@ impl Mirror {
             .map_err(|e| self.format_err(e))?
             .clone();
         let blob = self.store.get_bytes(&spec_rec.path(), SMALL_LIMIT).await?;
-        if !sha256_hex(&blob).eq_ignore_ascii_case(&spec_rec.checksum) {
+        if Sha256::of(&blob) != spec_rec.checksum {
             return Err(MirrorError::Integrity {
                 package: package.to_string(),
                 mirror: self.url().to_string(),
@@ -352,7 +357,7 @@ impl Mirror {
             dag,
             layout: Layout::V3,
             tarball_path: tarball.path(),
-            tarball_sha256: tarball.checksum.to_ascii_lowercase(),
+            tarball_sha256: tarball.checksum,
             tarball_size: Some(tarball.content_length),
             signer,
             verify_time,
@@ -397,7 +402,7 @@ impl Mirror {
         let (text, signer) = self.trusted_text(package, raw, &what)?;
         let verify_time = t.elapsed();
         let dag = SpecDag::parse(&text, &what).map_err(|e| self.format_err(e))?;
-        let sha = dag.binary_checksum.clone().ok_or_else(|| {
+        let sha = dag.binary_checksum.ok_or_else(|| {
             self.format_err(FormatError::invalid(&what, "no binary_cache_checksum"))
         })?;
         let root = dag.root_node();
@@ -408,7 +413,7 @@ impl Mirror {
             dag,
             layout: Layout::V2,
             tarball_path,
-            tarball_sha256: sha.to_ascii_lowercase(),
+            tarball_sha256: sha,
             tarball_size,
             signer,
             verify_time,
@@ -423,7 +428,7 @@ impl Mirror {
         lay: Layout,
         path: &str,
         hash: &str,
-    ) -> Result<PackageMeta, MirrorError> {
+    ) -> Result<Verified<PackageMeta>, MirrorError> {
         let raw = self.store.get_bytes(path, SMALL_LIMIT).await?;
         let package = format!("{path} ({hash})");
         let meta = match lay {
@@ -446,11 +451,19 @@ impl Mirror {
                 .unwrap()
                 .insert(hash.to_string(), path.to_string());
         }
+        let meta = Verified::new(meta);
         self.meta_cache
             .lock()
             .unwrap()
             .insert(hash.to_string(), meta.clone());
         Ok(meta)
+    }
+
+    /// The package list of this mirror's index kept on disk (a Spack database written by
+    /// this program from a verified index): vouched for as the cache's own file.
+    pub fn kept_index(&self, json: &[u8]) -> Result<Verified<Vec<IndexRecord>>, FormatError> {
+        let what = format!("kept index of {}", self.url());
+        Ok(Verified::new(crate::buildcache::index::parse(json, &what)?))
     }
 }
 

@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use super::{FailureClass, Mirror, MirrorError, PackageMeta};
+use super::{FailureClass, Mirror, MirrorError, PackageMeta, Verified};
 use crate::buildcache::spec::SpecNode;
 
 /// A set of mirrors, by position in the configuration (bit `i` = mirror `i`).
@@ -121,7 +121,7 @@ impl MirrorSet {
     ) -> Result<T, Exhausted<E>>
     where
         E: From<MirrorError> + Classify + std::fmt::Display,
-        F: FnMut(Arc<Mirror>, PackageMeta) -> Fut,
+        F: FnMut(Arc<Mirror>, Verified<PackageMeta>) -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
         let package = node.display();

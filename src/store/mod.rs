@@ -17,13 +17,16 @@ pub mod staging;
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use sha2::Digest;
+
+use crate::buildcache::checksum::Sha256;
 
 pub use digest::FileRecord;
+pub use staging::{Published, ReadyPrefix, Relocated, Staging};
 
 /// Errors of the store, naming the path at fault.
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +57,7 @@ pub struct EntryMeta {
     pub root: String,
     pub projection: String,
     pub mirror: String,
-    pub tarball_sha256: String,
+    pub tarball_sha256: Sha256,
     pub signer: Option<String>,
     /// Disk usage in bytes.
     pub size: u64,
@@ -71,18 +74,26 @@ pub struct Listed {
 /// Size bound of the cache.
 #[derive(Debug, Clone, Copy)]
 pub struct Bound {
-    /// High watermark: the cache may not grow past it.
+    /// High watermark: eviction starts past it.
     pub max_bytes: u64,
     /// Eviction frees space down to this.
     pub low_bytes: u64,
+    /// A prefix used more recently than this is not evicted (a process may be between its
+    /// lookup and its open, or loading libraries): when everything is in use or just used,
+    /// the bound is overshot (and logged) rather than a process failed.
+    pub grace: Duration,
 }
 
+/// How long a used prefix is safe from eviction by default.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+
 impl Bound {
-    /// A bound with the low watermark at 75 %.
+    /// A bound with the low watermark at 75 % and the default grace.
     pub fn new(max_bytes: u64) -> Self {
         Bound {
             max_bytes,
             low_bytes: max_bytes / 4 * 3,
+            grace: DEFAULT_GRACE,
         }
     }
 }
@@ -95,6 +106,32 @@ pub struct Store {
     pins: Mutex<HashMap<String, (usize, File)>>,
     /// Told about every eviction (the mount forgets the package).
     evict_hooks: Mutex<Vec<EvictHook>>,
+    /// The cache is over its bound (logged once until it is not).
+    overshoot: Mutex<bool>,
+}
+
+/// A pin on a cache entry: it is not evicted while the guard lives.
+pub struct Pin {
+    store: Arc<Store>,
+    key: String,
+}
+
+impl Pin {
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        self.store.unpin(&self.key);
+    }
+}
+
+impl std::fmt::Debug for Pin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Pin").field(&self.key).finish()
+    }
 }
 
 /// A callback run for every evicted entry.
@@ -121,6 +158,7 @@ impl Store {
             bound,
             pins: Mutex::new(HashMap::new()),
             evict_hooks: Mutex::new(Vec::new()),
+            overshoot: Mutex::new(false),
         };
         let _guard = store.global_lock()?;
         let staging = store.staging_dir();
@@ -213,9 +251,9 @@ impl Store {
 
     /// A new private staging directory (named after this process, so that a later
     /// `open` by another process knows whether it is abandoned).
-    pub fn new_staging(&self, hint: &str) -> Result<tempfile::TempDir, StoreError> {
+    pub fn new_staging(&self, hint: &str) -> Result<Staging, StoreError> {
         let dir = self.staging_dir();
-        staging::new_in(&dir, hint).map_err(io(&dir))
+        Staging::new_in(&dir, hint).map_err(io(&dir))
     }
 
     pub fn staging_dir(&self) -> PathBuf {
@@ -233,7 +271,7 @@ impl Store {
 
     /// The kept index of a mirror (for offline mounts).
     pub fn index_path(&self, mirror: &str) -> PathBuf {
-        let id = hex::encode(&Sha256::digest(mirror.as_bytes())[..8]);
+        let id = hex::encode(&sha2::Sha256::digest(mirror.as_bytes())[..8]);
         self.root.join("index").join(format!("{id}.json"))
     }
 
@@ -242,7 +280,7 @@ impl Store {
     }
 
     fn alias_path(&self, hash: &str, root: &str, projection: &str) -> PathBuf {
-        let mut h = Sha256::new();
+        let mut h = sha2::Sha256::new();
         for part in [hash, root, projection] {
             h.update(part.as_bytes());
             h.update([0]);
@@ -258,19 +296,24 @@ impl Store {
     }
 
     /// The ready prefix with this key, if published (and marks it used).
-    pub fn lookup(&self, key: &str) -> Option<(PathBuf, EntryMeta)> {
+    pub fn lookup(&self, key: &str) -> Option<(ReadyPrefix, EntryMeta)> {
         let meta = self.read_meta(key)?;
         let p = self.prefix_path(key);
         if !p.is_dir() {
             return None;
         }
         self.touch(key);
-        Some((p, meta))
+        Some((staging::already(p), meta))
     }
 
     /// The ready prefix of package `hash` relocated for `root` with `projection`, found
     /// without the mirror (offline remounts).
-    pub fn find(&self, hash: &str, root: &str, projection: &str) -> Option<(PathBuf, EntryMeta)> {
+    pub fn find(
+        &self,
+        hash: &str,
+        root: &str,
+        projection: &str,
+    ) -> Option<(ReadyPrefix, EntryMeta)> {
         let key = std::fs::read_to_string(self.alias_path(hash, root, projection)).ok()?;
         let (path, meta) = self.lookup(key.trim())?;
         (meta.hash == hash && meta.root == root && meta.projection == projection)
@@ -286,18 +329,28 @@ impl Store {
 
     /// Publish a finished prefix from staging: make room under the bound, rename it into
     /// place, then record it. Returns false when the key was published meanwhile.
-    pub fn publish(&self, staged: &Path, mut meta: EntryMeta) -> Result<bool, StoreError> {
+    pub fn publish(
+        &self,
+        relocated: Relocated,
+        mut meta: EntryMeta,
+    ) -> Result<Published, StoreError> {
+        let staged = relocated.prefix();
         let (files, size) = digest::records(staged).map_err(io(staged))?;
         meta.size = size;
         let _guard = self.global_lock()?;
         let dest = self.prefix_path(&meta.key);
         if dest.is_dir() && self.read_meta(&meta.key).is_some() {
-            return Ok(false);
+            return Ok(Published {
+                prefix: staging::already(dest),
+                fresh: false,
+            });
         }
         if let Some(b) = self.bound {
             let target = b.low_bytes.saturating_sub(size);
-            if self.total_size() + size > b.max_bytes {
-                self.evict_to(target, Some(&meta.key));
+            let total = self.total_size();
+            if total + size > b.max_bytes {
+                self.evict_to(target, Some(&meta.key), b.grace);
+                self.note_overshoot(self.total_size() + size, b);
             }
             if size > b.max_bytes {
                 tracing::warn!(
@@ -326,7 +379,10 @@ impl Store {
             &self.meta_path(&meta.key),
             &serde_json::to_vec(&meta).expect("meta serialises"),
         )?;
-        Ok(true)
+        Ok(Published {
+            prefix: staging::already(dest),
+            fresh: true,
+        })
     }
 
     /// Every entry, least recently used first.
@@ -396,20 +452,64 @@ impl Store {
         }
     }
 
-    /// Keep an entry from eviction (open files, running lookups) until `unpin`.
-    pub fn pin(&self, key: &str) {
-        let mut pins = self.pins.lock().unwrap();
-        if let Some((n, _)) = pins.get_mut(key) {
+    /// Keep an entry from eviction (an open file) for as long as the guard lives. Never
+    /// waits: an entry being evicted by another process right now is not pinned (`None`;
+    /// its files are going, and the caller will see them gone).
+    pub fn pin(self: &Arc<Self>, key: &str) -> Option<Pin> {
+        let guard = || Pin {
+            store: self.clone(),
+            key: key.to_string(),
+        };
+        if let Some((n, _)) = self.pins.lock().unwrap().get_mut(key) {
             *n += 1;
-            return;
+            return Some(guard());
         }
-        if let Ok(f) = self.lock_file(key) {
-            let _ = f.lock_shared();
-            pins.insert(key.to_string(), (1, f));
+        // The lock file is taken without the pins' mutex held: no thread waits on it.
+        let f = self.lock_file(key).ok()?;
+        if f.try_lock_shared().is_err() {
+            return None;
         }
+        let mut pins = self.pins.lock().unwrap();
+        match pins.get_mut(key) {
+            // Another thread pinned it meanwhile: count on its lock, drop ours.
+            Some((n, _)) => *n += 1,
+            None => {
+                pins.insert(key.to_string(), (1, f));
+            }
+        }
+        Some(guard())
     }
 
-    pub fn unpin(&self, key: &str) {
+    /// Evict down to the low watermark if the cache is over its bound (entries in use or
+    /// just used stay). Run from time to time: pins and uses end without a publish.
+    pub fn enforce_bound(&self) -> Result<Vec<EntryMeta>, StoreError> {
+        let Some(b) = self.bound else {
+            return Ok(Vec::new());
+        };
+        if self.total_size() <= b.max_bytes {
+            *self.overshoot.lock().unwrap() = false;
+            return Ok(Vec::new());
+        }
+        let _guard = self.global_lock()?;
+        let evicted = self.evict_to(b.low_bytes, None, b.grace);
+        self.note_overshoot(self.total_size(), b);
+        Ok(evicted)
+    }
+
+    /// Log once when the cache stays over its bound because everything is in use.
+    fn note_overshoot(&self, total: u64, b: Bound) {
+        let mut over = self.overshoot.lock().unwrap();
+        if total > b.max_bytes && !*over {
+            tracing::warn!(
+                "cache: {total} bytes, over its bound of {} bytes: every other prefix is in use or was used in the last {:?}; it shrinks once they are not",
+                b.max_bytes,
+                b.grace
+            );
+        }
+        *over = total > b.max_bytes;
+    }
+
+    fn unpin(&self, key: &str) {
         let mut pins = self.pins.lock().unwrap();
         if let Some((n, _)) = pins.get_mut(key) {
             *n -= 1;
@@ -421,15 +521,20 @@ impl Store {
 
     /// Evict least recently used, unpinned entries until the total is at most `target`.
     /// Returns the evicted entries.
-    pub fn evict_to(&self, target: u64, keep: Option<&str>) -> Vec<EntryMeta> {
+    pub fn evict_to(&self, target: u64, keep: Option<&str>, min_idle: Duration) -> Vec<EntryMeta> {
         let mut evicted = Vec::new();
         let entries = self.list();
         let mut total: u64 = entries.iter().map(|l| l.meta.size).sum();
+        let now = SystemTime::now();
         for l in entries {
             if total <= target {
                 break;
             }
             if l.pinned || Some(l.meta.key.as_str()) == keep {
+                continue;
+            }
+            // Used just now: a process may be about to open its files.
+            if now.duration_since(l.last_use).unwrap_or_default() < min_idle {
                 continue;
             }
             let Ok(lock) = self.lock_file(&l.meta.key) else {
@@ -446,6 +551,7 @@ impl Store {
                 l.meta.size,
                 l.meta.key
             );
+            crate::metrics::Metrics::inc(&crate::metrics::global().cache_evictions, 1);
             for hook in self.evict_hooks.lock().unwrap().iter() {
                 hook(&l.meta);
             }
@@ -479,7 +585,7 @@ impl Store {
     /// Evict down to `target` bytes under the global lock (`spackfs cache gc`).
     pub fn gc(&self, target: u64) -> Result<Vec<EntryMeta>, StoreError> {
         let _guard = self.global_lock()?;
-        Ok(self.evict_to(target, None))
+        Ok(self.evict_to(target, None, Duration::ZERO))
     }
 
     /// Recheck every entry (digests when `deep`); remove and return the damaged ones.
@@ -509,9 +615,9 @@ impl Store {
 }
 
 /// The cache key of a prefix: sha256 of the tarball checksum and the relocation target.
-pub fn prefix_key(tarball_sha256: &str, root: &str, target_prefixes: &[String]) -> String {
-    let mut h = Sha256::new();
-    h.update(tarball_sha256.as_bytes());
+pub fn prefix_key(tarball_sha256: &Sha256, root: &str, target_prefixes: &[String]) -> String {
+    let mut h = sha2::Sha256::new();
+    h.update(tarball_sha256.hex().as_bytes());
     h.update([0]);
     h.update(root.as_bytes());
     for p in target_prefixes {

@@ -1,19 +1,107 @@
-//! Staging directories, for the cache and for `spackfs install` alike: private work
-//! directories named `<pid>.<hint>.<random>`, so that a later run tells an abandoned one
-//! (its process is dead: a crash, `kill -9`) from one in use, and removes it.
+//! The life of a prefix, for the cache and for `spackfs install` alike: a [`Staging`]
+//! directory (private, named `<pid>.<hint>.<random>`, so that a later run tells an
+//! abandoned one — its process is dead: a crash, `kill -9` — from one in use, and removes
+//! it) where a package is extracted; [`Relocated`] once relocation is done; a
+//! [`ReadyPrefix`] once published by one rename — what the mount serves, and only the
+//! publishing code (here and the store) makes one. Dropping a `Staging` or a `Relocated`
+//! that was not published removes its directory.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-/// A new staging directory under `parent` (created if needed; retried once in case another
-/// process removed the empty parent meanwhile).
-pub fn new_in(parent: &Path, hint: &str) -> std::io::Result<tempfile::TempDir> {
-    let attempt = || {
+/// A private work directory, removed when dropped.
+#[derive(Debug)]
+pub struct Staging {
+    dir: tempfile::TempDir,
+}
+
+impl Staging {
+    /// A new staging directory under `parent` (created if needed; retried once in case
+    /// another process removed the empty parent meanwhile).
+    pub fn new_in(parent: &Path, hint: &str) -> std::io::Result<Self> {
+        let attempt = || {
+            std::fs::create_dir_all(parent)?;
+            tempfile::Builder::new()
+                .prefix(&format!("{}.{hint}.", std::process::id()))
+                .tempdir_in(parent)
+        };
+        Ok(Staging {
+            dir: attempt().or_else(|_| attempt())?,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Extraction and relocation are done: `prefix` (a directory inside) is the package.
+    pub fn relocated(self, prefix: PathBuf) -> Relocated {
+        Relocated {
+            _staging: self,
+            prefix,
+        }
+    }
+}
+
+/// A relocated prefix, still in staging: the only thing that can be published.
+#[derive(Debug)]
+pub struct Relocated {
+    _staging: Staging,
+    prefix: PathBuf,
+}
+
+impl Relocated {
+    pub fn prefix(&self) -> &Path {
+        &self.prefix
+    }
+}
+
+/// A published prefix: complete, verified, relocated, immutable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadyPrefix {
+    path: PathBuf,
+}
+
+impl ReadyPrefix {
+    /// For the publishing code only.
+    pub(super) fn new(path: PathBuf) -> Self {
+        ReadyPrefix { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// The outcome of publishing.
+#[derive(Debug)]
+pub struct Published {
+    pub prefix: ReadyPrefix,
+    /// False when another process published the same prefix first (this one is dropped).
+    pub fresh: bool,
+}
+
+/// Publish `relocated` at `dest` (an install's prefix under its root) with one rename.
+pub fn publish_at(relocated: Relocated, dest: &Path) -> std::io::Result<Published> {
+    if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent)?;
-        tempfile::Builder::new()
-            .prefix(&format!("{}.{hint}.", std::process::id()))
-            .tempdir_in(parent)
+    }
+    let fresh = match std::fs::rename(relocated.prefix(), dest) {
+        Ok(()) => true,
+        Err(e) if dest.is_dir() => {
+            tracing::debug!("{} appeared meanwhile: {e}", dest.display());
+            false
+        }
+        Err(e) => return Err(e),
     };
-    attempt().or_else(|_| attempt())
+    Ok(Published {
+        prefix: ReadyPrefix::new(dest.to_path_buf()),
+        fresh,
+    })
+}
+
+/// The same for a prefix already published (found in place).
+pub(super) fn already(path: PathBuf) -> ReadyPrefix {
+    ReadyPrefix::new(path)
 }
 
 /// Remove the staging directories under `parent` whose process is gone (and anything
@@ -57,7 +145,7 @@ mod tests {
     #[test]
     fn abandoned_staging_is_removed_and_live_staging_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let live = new_in(dir.path(), "abc").unwrap();
+        let live = Staging::new_in(dir.path(), "abc").unwrap();
         std::fs::write(live.path().join("f"), "x").unwrap();
         // pid_max is at most 2^22: this process cannot exist.
         let dead = dir.path().join("99999999.abc.xyz");

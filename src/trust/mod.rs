@@ -106,20 +106,8 @@ impl Keyring {
         Ok(n)
     }
 
-    pub fn add_cert(&mut self, cert: Cert) {
-        self.certs.push(cert);
-    }
-
     pub fn is_empty(&self) -> bool {
         self.certs.is_empty()
-    }
-
-    /// Fingerprints of the trusted certificates.
-    pub fn fingerprints(&self) -> Vec<String> {
-        self.certs
-            .iter()
-            .map(|c| c.fingerprint().to_hex())
-            .collect()
     }
 
     /// Verify a clearsigned document; return the signed text and the signer's fingerprint

@@ -13,7 +13,6 @@ use crate::buildcache::layout;
 use crate::buildcache::manifest::{
     BlobRecord, Manifest, MEDIA_INDEX, MEDIA_KEY, MEDIA_KEY_INDEX, MEDIA_SPEC, MEDIA_TARBALL,
 };
-use crate::install::hashing::sha256_hex;
 pub use signing::SigningKey;
 pub use tarball::{classify, write_tarball, BuildInfoLists};
 
@@ -151,7 +150,7 @@ impl MirrorWriter {
             media_type: media_type.into(),
             compression: compression.into(),
             checksum_algorithm: "sha256".into(),
-            checksum: sha256_hex(data),
+            checksum: crate::buildcache::checksum::Sha256::of(data),
         };
         let path = self.root.join(rec.path());
         std::fs::create_dir_all(path.parent().expect("blob dir")).map_err(io(&path))?;

@@ -1,13 +1,16 @@
 //! Shared helpers of the integration tests: where the fixtures are, running the real
 //! `spackfs` binary and the programs it installs, reading and writing tarballs, generated
-//! (hostile) mirrors, and an independent reference of the text relocation rule.
+//! (hostile) mirrors, independent references of the text and binary relocation rules, and
+//! the mutations of valid inputs that the property tests feed the parsers.
 //!
 //! Every test binary includes this module and uses only part of it.
 #![allow(dead_code)]
 
+pub mod binary_reference;
 pub mod cache;
 pub mod mirror;
 pub mod mount;
+pub mod mutate;
 pub mod reference;
 pub mod servers;
 pub mod tarball;

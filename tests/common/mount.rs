@@ -208,7 +208,11 @@ impl Daemon {
         }
         cmd.envs(env.iter().copied())
             .env("NO_COLOR", "1")
-            .env("SPACKFS_LOG", "info")
+            // SPACKFS_TEST_LOG (e.g. `debug`) sets the daemons' log level when hunting a bug.
+            .env(
+                "SPACKFS_LOG",
+                std::env::var("SPACKFS_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log);

@@ -1,11 +1,15 @@
 //! The ordered old → new prefix map `M` (format doc 7.1) and its multi-pattern matcher.
 
-use aho_corasick::{AhoCorasick, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use indexmap::IndexMap;
 
 use crate::buildcache::buildinfo::BuildInfo;
 use crate::buildcache::spec::SpecDag;
 use crate::buildcache::FormatError;
+
+/// The most key bytes the matcher may be a DFA for (building one for 1 KiB of the worst keys
+/// takes about 0.1 s; real maps have a few hundred bytes of keys).
+const DFA_KEY_BYTES: usize = 1024;
 
 /// Insertion-ordered map of old prefixes to new ones, identity pairs removed. When several
 /// keys match at one position the first in order wins (Spack's regex alternation).
@@ -32,9 +36,15 @@ impl RelocationMap {
         let matcher = if pairs.is_empty() {
             None
         } else {
+            // Keys come from the tarball's binary_distribution: past a few of the usual
+            // length, a contiguous NFA rather than the DFA the builder would pick, whose
+            // construction takes time quadratic in a key's length (minutes for one of 64 KiB).
+            let key_bytes: usize = pairs.iter().map(|(o, _)| o.len()).sum();
+            let kind = (key_bytes > DFA_KEY_BYTES).then_some(AhoCorasickKind::ContiguousNFA);
             Some(
                 AhoCorasick::builder()
                     .match_kind(MatchKind::LeftmostFirst)
+                    .kind(kind)
                     .build(pairs.iter().map(|(o, _)| o))
                     .expect("relocation keys form a valid automaton"),
             )
@@ -112,5 +122,27 @@ impl RelocationMap {
             h.update(n);
         }
         hex::encode(h.finalize())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by tests/properties.rs (buildinfo_yaml): a binary_distribution whose buildpath
+    /// is 64 KiB of `a` took 495 s to become a map (building the DFA).
+    #[test]
+    fn a_long_key_makes_a_map_quickly_and_still_matches() {
+        let long = format!("/{}", "a".repeat(64 << 10));
+        let t = std::time::Instant::now();
+        let map = RelocationMap::from_pairs([(long.clone(), "/r".to_string())], "/r");
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "{:?}",
+            t.elapsed()
+        );
+        let text = format!("x {long}/lib y");
+        let out = super::super::text::relocate_text(text.as_bytes(), &map).unwrap();
+        assert_eq!(out, b"x /r/lib y");
     }
 }
