@@ -5,7 +5,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
-use std::path::PathBuf;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 /// What an inode is.
@@ -37,7 +38,8 @@ pub type Listing = Arc<Vec<(u64, fuser::FileType, OsString)>>;
 #[derive(Default)]
 pub struct Inodes {
     nodes: RwLock<Vec<Node>>,
-    backed: RwLock<HashMap<(u64, u64), u64>>,
+    /// Backed inodes by (package, device, disk inode).
+    backed: RwLock<HashMap<(usize, u64, u64), u64>>,
     /// Listings of package directories (immutable while the package is cached), by inode,
     /// with the package they belong to.
     listings: RwLock<HashMap<u64, (usize, Listing)>>,
@@ -177,10 +179,7 @@ impl Inodes {
     /// next copy of the prefix may reuse the disk's inode numbers for other paths).
     pub fn forget_package(&self, pkg: usize) {
         self.listings.write().unwrap().retain(|_, (p, _)| *p != pkg);
-        let nodes = self.nodes.read().unwrap();
-        self.backed.write().unwrap().retain(|_, ino| {
-            !matches!(nodes.get(*ino as usize), Some(Node::Backed { pkg: p, .. }) if *p == pkg)
-        });
+        self.backed.write().unwrap().retain(|k, _| k.0 != pkg);
     }
 
     /// The cached listing of directory `ino`.
@@ -197,17 +196,89 @@ impl Inodes {
         self.listings.write().unwrap().insert(ino, (pkg, listing));
     }
 
-    /// The inode of a backed file, allocated on first sight.
+    /// The inode of the backed file at `path` (cache file `(dev, ino)` of package `pkg`),
+    /// allocated on first sight. A known inode is reused only while it still stands for
+    /// the same file: its path is `path`, or a hard link to the same disk inode. A disk
+    /// inode number freed by an eviction this mount has not noticed yet (another process
+    /// ran `cache gc`) and reused by a new file is never taken for the old file.
     pub fn backed(&self, dev: u64, ino: u64, path: PathBuf, pkg: usize) -> u64 {
-        if let Some(i) = self.backed.read().unwrap().get(&(dev, ino)) {
-            return *i;
+        let key = (pkg, dev, ino);
+        if let Some(i) = self.backed.read().unwrap().get(&key).copied() {
+            if self.stands_for(i, &path, dev, ino) {
+                return i;
+            }
         }
         let mut map = self.backed.write().unwrap();
-        if let Some(i) = map.get(&(dev, ino)) {
-            return *i;
+        if let Some(i) = map.get(&key).copied() {
+            if self.stands_for(i, &path, dev, ino) {
+                return i;
+            }
         }
         let i = self.push(Node::Backed { path, pkg });
-        map.insert((dev, ino), i);
+        map.insert(key, i);
         i
+    }
+
+    /// Is backed inode `i` the file at `path`, disk inode `(dev, ino)`?
+    fn stands_for(&self, i: u64, path: &Path, dev: u64, ino: u64) -> bool {
+        let known = match self.nodes.read().unwrap().get(i as usize) {
+            Some(Node::Backed { path: p, .. }) if p == path => return true,
+            Some(Node::Backed { path: p, .. }) => p.clone(),
+            _ => return false,
+        };
+        std::fs::symlink_metadata(known).is_ok_and(|m| m.dev() == dev && m.ino() == ino)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    fn disk(path: &Path) -> (u64, u64) {
+        let m = std::fs::symlink_metadata(path).unwrap();
+        (m.dev(), m.ino())
+    }
+
+    #[test]
+    fn hard_links_share_an_inode() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        let b = dir.path().join("b");
+        std::fs::write(&a, b"x").unwrap();
+        std::fs::hard_link(&a, &b).unwrap();
+        let t = Inodes::new();
+        let (dev, ino) = disk(&a);
+        let ia = t.backed(dev, ino, a.clone(), 0);
+        assert_eq!(t.backed(dev, ino, b.clone(), 0), ia);
+        assert_eq!(t.backed(dev, ino, a, 0), ia);
+    }
+
+    #[test]
+    fn a_reused_disk_inode_is_a_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("old");
+        let new = dir.path().join("new");
+        std::fs::write(&old, b"old").unwrap();
+        let t = Inodes::new();
+        let (dev, ino) = disk(&old);
+        let i_old = t.backed(dev, ino, old.clone(), 0);
+        // Another package's file with the same disk numbers is another inode.
+        let other = t.backed(dev, ino, new.clone(), 1);
+        assert_ne!(other, i_old);
+        // The old file is gone and its disk inode stands for a new path now (the cache
+        // removed the prefix behind the mount's back and a new copy took the numbers).
+        std::fs::remove_file(&old).unwrap();
+        std::fs::write(&new, b"new").unwrap();
+        let i_new = t.backed(dev, ino, new.clone(), 0);
+        assert_ne!(
+            i_new, i_old,
+            "the old file's inode was handed out for a new file"
+        );
+        match t.get(i_new) {
+            Some(Node::Backed { path, pkg }) => assert_eq!((path, pkg), (new, 0)),
+            n => panic!("unexpected node {n:?}"),
+        }
     }
 }
