@@ -1,14 +1,21 @@
 //! The loopback servers of tests/common/servers.rs checked with `curl`: nginx (logs,
 //! ETag/304, Range, location snippets, stop and restart, HTTPS with the test CA), squid
-//! caching a 1 MB file, and each fault of the FaultServer.
+//! caching a 1 MB file, and each fault of the FaultServer; the OCI registries of
+//! tests/common/registry.rs (the fixture cache, basic auth, token auth with blobs
+//! redirected to another host) and moto of tests/common/s3.rs (signatures checked).
 
 mod common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::registry::{
+    Registry, TokenRegistry, FIXTURE_REPO, FIXTURE_TAGS, GREET_LAYER, INDEX_LAYER, LIBGREET_LAYER,
+};
+use common::s3::{Credentials, Moto};
 use common::servers::{port_answers, Fault, FaultServer, Nginx, Squid, TestCa, STOP_GRACE};
-use common::{path_str, run_program, short_tempdir, Run};
+use common::{fixtures, path_str, run_program, short_tempdir, Run};
+use sha2::Digest as _;
 
 fn curl(args: &[&str]) -> Run {
     let mut v = vec!["--silent", "--show-error", "--noproxy", "*"];
@@ -412,4 +419,406 @@ fn fault_server_limited_faults_stop_and_restart() {
     let (r, code) = status_of(&url, &out, &[]);
     assert_eq!(code, 200, "{r}");
     assert_eq!(std::fs::read(&out).unwrap(), b"hello");
+}
+
+// ------------------------------------------------------------------ OCI registries
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// The config blob `{}` of the index image.
+const EMPTY_CONFIG: &str = "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
+
+fn sha256_hex(b: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+/// A GET (or `-I` HEAD) with curl, no redirects followed: status, response headers, body.
+struct Fetched {
+    status: u16,
+    headers: String,
+    body: Vec<u8>,
+    run: Run,
+}
+
+impl Fetched {
+    /// The first response header `name` (case-insensitive).
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!("{e}: {}\n{}", String::from_utf8_lossy(&self.body), self.run)
+        })
+    }
+}
+
+fn fetch(url: &str, extra: &[&str]) -> Fetched {
+    let tmp = short_tempdir();
+    let (hdr, out) = (tmp.path().join("h"), tmp.path().join("b"));
+    let mut args = vec![
+        "-o",
+        path_str(&out),
+        "-D",
+        path_str(&hdr),
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "10",
+    ];
+    args.extend_from_slice(extra);
+    args.push(url);
+    let run = curl(&args);
+    let status = run.stdout.trim().parse().unwrap_or(0);
+    let headers = std::fs::read_to_string(&hdr).unwrap_or_default();
+    // With -L, the headers of the last response.
+    let headers = match headers.rfind("\r\n\r\nHTTP/") {
+        Some(i) => headers[i + 4..].to_string(),
+        None => headers,
+    };
+    Fetched {
+        status,
+        headers,
+        body: std::fs::read(&out).unwrap_or_default(),
+        run,
+    }
+}
+
+#[test]
+fn registry_serves_the_fixture_cache_from_a_copy() {
+    let Some(fx) = fixtures() else { return };
+    let mut reg = Registry::serve(&fx);
+    eprintln!("docker-registry started in {:?}", reg.startup_time());
+    let port = reg.port();
+    assert_eq!(
+        reg.url(),
+        format!("oci+http://127.0.0.1:{port}/fixtures/buildcache")
+    );
+    assert_eq!(reg.host(), format!("127.0.0.1:{port}"));
+    assert!(!reg
+        .storage()
+        .starts_with(common::registry::fixture_storage(&fx)));
+    assert!(reg.blob_file(GREET_LAYER).is_file());
+    let base = format!("{}/v2/{FIXTURE_REPO}", reg.http_url());
+
+    let v2 = fetch(&format!("{}/v2/", reg.http_url()), &[]);
+    assert_eq!(v2.status, 200, "{}", v2.run);
+    let accept = format!("Accept: {OCI_MANIFEST}");
+    let index = fetch(&format!("{base}/manifests/index.spack"), &["-H", &accept]);
+    assert_eq!(index.status, 200, "{}", index.run);
+    assert_eq!(index.header("Content-Type").as_deref(), Some(OCI_MANIFEST));
+    let m = index.json();
+    assert_eq!(m["config"]["digest"], format!("sha256:{EMPTY_CONFIG}"));
+    assert_eq!(m["layers"][0]["digest"], format!("sha256:{INDEX_LAYER}"));
+    let db = fetch(&format!("{base}/blobs/sha256:{INDEX_LAYER}"), &[]);
+    assert_eq!(db.status, 200, "{}", db.run);
+    assert_eq!(db.body.len(), 7073);
+    assert_eq!(sha256_hex(&db.body), INDEX_LAYER);
+    assert!(db.json()["database"]["installs"].is_object());
+
+    let tags = fetch(&format!("{base}/tags/list"), &[]).json();
+    let tags: Vec<&str> = tags["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    for t in FIXTURE_TAGS.iter().chain(&["index.spack"]) {
+        assert!(tags.contains(t), "{t} not in {tags:?}");
+    }
+    let greet = fetch(
+        &format!("{base}/manifests/{}", FIXTURE_TAGS[1]),
+        &["-H", &accept],
+    )
+    .json();
+    let layers = greet["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2, "{greet}");
+    assert_eq!(layers[0]["digest"], format!("sha256:{LIBGREET_LAYER}"));
+    assert_eq!(layers[1]["digest"], format!("sha256:{GREET_LAYER}"));
+    let missing = fetch(&format!("{base}/manifests/nothing.spack"), &["-H", &accept]);
+    assert_eq!(missing.status, 404, "{}", missing.run);
+
+    let log = reg.wait_requests(Duration::from_secs(5), |v| v.len() == 6);
+    let seen: Vec<(&str, u16)> = log.iter().map(|r| (r.path.as_str(), r.status)).collect();
+    assert_eq!(seen[0], ("/v2/", 200), "{log:#?}");
+    assert_eq!(
+        seen[1],
+        ("/v2/fixtures/buildcache/manifests/index.spack", 200)
+    );
+    assert_eq!(seen[5].1, 404);
+    assert!(log
+        .iter()
+        .all(|r| r.method == "GET" && r.user_agent.starts_with("curl/")));
+    assert_eq!(reg.served_blobs(), [INDEX_LAYER]);
+    reg.clear_log();
+    assert!(reg.requests().is_empty());
+
+    // Stop, start again on the same port; drop closes the port.
+    reg.stop();
+    assert!(!port_answers(port));
+    reg.start();
+    assert_eq!(fetch(&format!("{}/v2/", reg.http_url()), &[]).status, 200);
+    drop(reg);
+    assert!(
+        !port_answers(port),
+        "docker-registry still answers after drop"
+    );
+}
+
+#[test]
+fn registry_with_basic_auth_refuses_without_the_right_credentials() {
+    let Some(fx) = fixtures() else { return };
+    let reg = Registry::serve_with_basic_auth(&fx, "reader", "pa55-word");
+    assert_eq!(reg.basic_auth(), Some(("reader", "pa55-word")));
+    let url = format!("{}/v2/{FIXTURE_REPO}/manifests/index.spack", reg.http_url());
+    let accept = format!("Accept: {OCI_MANIFEST}");
+    let anon = fetch(&url, &["-H", &accept]);
+    assert_eq!(anon.status, 401, "{}", anon.run);
+    let challenge = anon.header("WWW-Authenticate").unwrap_or_default();
+    assert!(challenge.starts_with("Basic realm="), "{}", anon.headers);
+    let wrong = fetch(&url, &["-H", &accept, "-u", "reader:wrong"]);
+    assert_eq!(wrong.status, 401, "{}", wrong.run);
+    let ok = fetch(&url, &["-H", &accept, "-u", "reader:pa55-word"]);
+    assert_eq!(ok.status, 200, "{}", ok.run);
+    assert_eq!(
+        ok.json()["layers"][0]["digest"],
+        format!("sha256:{INDEX_LAYER}")
+    );
+    let blob = fetch(
+        &format!(
+            "{}/v2/{FIXTURE_REPO}/blobs/sha256:{GREET_LAYER}",
+            reg.http_url()
+        ),
+        &["-u", "reader:pa55-word"],
+    );
+    assert_eq!(blob.status, 200, "{}", blob.run);
+    assert_eq!(sha256_hex(&blob.body), GREET_LAYER);
+    let log = reg.wait_requests(Duration::from_secs(5), |v| v.len() == 4);
+    let statuses: Vec<u16> = log.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [401, 401, 200, 200], "{log:#?}");
+    assert_eq!(reg.served_blobs(), [GREET_LAYER]);
+}
+
+#[test]
+fn token_registry_challenges_issues_tokens_and_redirects_blobs_to_another_host() {
+    let Some(fx) = fixtures() else { return };
+    let tr = TokenRegistry::serve(&fx, "tok-user", "tok-pass");
+    let front = tr.http_url();
+    assert_eq!(
+        tr.url(),
+        format!("oci+http://127.0.0.1:{}/fixtures/buildcache", tr.port())
+    );
+    assert_ne!(tr.blob_host(), tr.host());
+    assert!(
+        !tr.blob_host().starts_with("127.0.0.1:"),
+        "another host: {}",
+        tr.blob_host()
+    );
+
+    // No token: 401 with the Bearer challenge, for /v2/ and for a manifest.
+    let v2 = fetch(&format!("{front}/v2/"), &[]);
+    assert_eq!(v2.status, 401, "{}", v2.run);
+    assert_eq!(v2.header("WWW-Authenticate"), Some(tr.challenge()));
+    assert_eq!(
+        tr.challenge(),
+        format!(
+            "Bearer realm=\"http://127.0.0.1:{}/token\",service=\"test-registry\",scope=\"repository:fixtures/buildcache:pull\"",
+            tr.token_url().split(':').nth(2).unwrap().trim_end_matches("/token")
+        )
+    );
+    let manifest_url = format!("{front}/v2/{FIXTURE_REPO}/manifests/{}", FIXTURE_TAGS[1]);
+    let accept = format!("Accept: {OCI_MANIFEST}");
+    assert_eq!(fetch(&manifest_url, &["-H", &accept]).status, 401);
+    let bogus = fetch(
+        &manifest_url,
+        &["-H", &accept, "-H", "Authorization: Bearer made-up"],
+    );
+    assert_eq!(bogus.status, 401, "{}", bogus.run);
+
+    // The token endpoint wants the right Basic credentials.
+    let token_url = format!(
+        "{}?service=test-registry&scope=repository:fixtures/buildcache:pull&client_id=spack",
+        tr.token_url()
+    );
+    assert_eq!(fetch(&token_url, &[]).status, 401);
+    assert_eq!(fetch(&token_url, &["-u", "tok-user:wrong"]).status, 401);
+    let got = fetch(&token_url, &["-u", "tok-user:tok-pass"]);
+    assert_eq!(got.status, 200, "{}", got.run);
+    let t = got.json();
+    let token = t["token"].as_str().expect("token").to_string();
+    assert_eq!(t["access_token"].as_str(), Some(token.as_str()));
+    let bearer = format!("Authorization: Bearer {token}");
+
+    // With the token: manifests and tags come from the backing registry.
+    assert_eq!(fetch(&format!("{front}/v2/"), &["-H", &bearer]).status, 200);
+    let m = fetch(&manifest_url, &["-H", &accept, "-H", &bearer]);
+    assert_eq!(m.status, 200, "{}", m.run);
+    assert_eq!(m.header("Content-Type").as_deref(), Some(OCI_MANIFEST));
+    assert_eq!(
+        m.json()["layers"][1]["digest"],
+        format!("sha256:{GREET_LAYER}")
+    );
+    let tags = fetch(
+        &format!("{front}/v2/{FIXTURE_REPO}/tags/list"),
+        &["-H", &bearer],
+    );
+    assert_eq!(tags.status, 200, "{}", tags.run);
+    assert_eq!(tags.json()["tags"].as_array().unwrap().len(), 4);
+
+    // A blob GET: 307 to the blob host, which serves the right bytes without credentials
+    // and refuses a request that carries some.
+    let blob_url = format!("{front}/v2/{FIXTURE_REPO}/blobs/sha256:{GREET_LAYER}");
+    let redirect = fetch(&blob_url, &["-H", &bearer]);
+    assert_eq!(redirect.status, 307, "{}", redirect.run);
+    let location = redirect.header("Location").expect("Location");
+    assert_eq!(location, tr.blob_location(GREET_LAYER));
+    let bytes = fetch(&location, &[]);
+    assert_eq!(bytes.status, 200, "{}", bytes.run);
+    assert_eq!(sha256_hex(&bytes.body), GREET_LAYER);
+    let part = fetch(&location, &["-r", "0-99"]);
+    assert_eq!(part.status, 206, "{}", part.run);
+    assert_eq!(part.body, bytes.body[..100]);
+    let with_auth = fetch(&location, &["-H", &bearer]);
+    assert_eq!(with_auth.status, 400, "{}", with_auth.run);
+    // curl following the redirect drops the Authorization header for the other host.
+    let followed = fetch(&blob_url, &["-L", "-H", &bearer]);
+    assert_eq!(followed.status, 200, "{}", followed.run);
+    assert_eq!(sha256_hex(&followed.body), GREET_LAYER);
+    // HEAD of a blob is answered by the front (proxied).
+    let head = fetch(
+        &format!("{front}/v2/{FIXTURE_REPO}/blobs/sha256:{LIBGREET_LAYER}"),
+        &["-I", "-H", &bearer],
+    );
+    assert_eq!(head.status, 200, "{}", head.run);
+
+    // The logs: every request with its headers.
+    let blobs = tr.wait_blob_host(Duration::from_secs(5), |v| v.len() == 4);
+    let seen: Vec<(u16, bool)> = blobs
+        .iter()
+        .map(|r| (r.status, r.header("authorization").is_some()))
+        .collect();
+    assert_eq!(
+        seen,
+        [(200, false), (206, false), (400, true), (200, false)],
+        "{}",
+        tr.logs_for_panic()
+    );
+    assert!(blobs.iter().all(|r| r.blob() == Some(GREET_LAYER)));
+    assert_eq!(tr.blob_host_served(), [GREET_LAYER, GREET_LAYER]);
+    assert!(tr
+        .blob_host_log()
+        .contains(&format!("/blobs/sha256/{GREET_LAYER}")));
+    let tokens = tr.token_requests();
+    let auths: Vec<Option<&str>> = tokens.iter().map(|r| r.header("Authorization")).collect();
+    assert_eq!(auths.len(), 3, "{}", tr.logs_for_panic());
+    assert_eq!(auths[0], None);
+    assert_eq!(auths[2], Some(tr.basic_header().as_str()));
+    assert_eq!(tokens[2].status, 200);
+    assert!(tokens[2]
+        .query
+        .as_deref()
+        .is_some_and(|q| q.contains("service=test-registry")));
+    let front_log = tr.front_requests();
+    let redirects = front_log
+        .iter()
+        .filter(|r| r.status == 307 && r.blob() == Some(GREET_LAYER))
+        .count();
+    assert_eq!(redirects, 2, "{}", tr.logs_for_panic());
+    // The backing registry saw only what was authorised (no blob GETs).
+    let backend = tr.backend().requests();
+    assert!(backend.iter().all(|r| r.status == 200), "{backend:#?}");
+    assert!(tr.backend().served_blobs().is_empty(), "{backend:#?}");
+}
+
+// ------------------------------------------------------------------ S3 (moto)
+
+#[test]
+fn moto_lists_with_the_right_key_and_refuses_others() {
+    let tmp = short_tempdir();
+    let tree = tmp.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    std::fs::write(tree.join("a.txt"), b"alpha\n").unwrap();
+    std::fs::write(tree.join("sub/b.bin"), pattern(3000)).unwrap();
+
+    let moto = Moto::with_auth();
+    eprintln!("moto started in {:?}", moto.startup_time());
+    assert!(moto.checks_auth());
+    assert_eq!(moto.bucket_with("spack-mirror", "cache", &tree), 2);
+    let creds = moto.credentials().clone();
+    assert!(creds.key_id.starts_with("AKIA"), "{creds:?}");
+    assert_eq!(
+        moto.list("spack-mirror", "cache/"),
+        ["cache/a.txt", "cache/sub/b.bin"]
+    );
+
+    // Another key id, or the right id with another secret: 403.
+    let e = moto
+        .list_with(&Credentials::bogus(), "spack-mirror", "")
+        .unwrap_err();
+    assert_eq!((e.code.as_str(), e.status), ("InvalidAccessKeyId", 403));
+    let wrong_secret = Credentials {
+        key_id: creds.key_id.clone(),
+        secret: "not-the-secret".into(),
+    };
+    let e = moto
+        .list_with(&wrong_secret, "spack-mirror", "")
+        .unwrap_err();
+    assert_eq!((e.code.as_str(), e.status), ("SignatureDoesNotMatch", 403));
+
+    // The same with curl's own SigV4 signing; unsigned requests are refused too.
+    let url = format!("{}/spack-mirror/cache/sub/b.bin", moto.endpoint());
+    // curl 7.88 signs `x-amz-content-sha256` only when it is given (moto, like S3, wants it).
+    let sigv4 = "aws:amz:us-east-1:s3";
+    let payload = "x-amz-content-sha256: UNSIGNED-PAYLOAD";
+    let user = format!("{}:{}", creds.key_id, creds.secret);
+    let good = fetch(
+        &url,
+        &["--aws-sigv4", sigv4, "--user", &user, "-H", payload],
+    );
+    assert_eq!(good.status, 200, "{}\n{}", good.run, moto.log());
+    assert_eq!(good.body, pattern(3000));
+    let bad_user = format!("{}:{}", creds.key_id, "nope");
+    let bad = fetch(
+        &url,
+        &["--aws-sigv4", sigv4, "--user", &bad_user, "-H", payload],
+    );
+    assert_eq!(bad.status, 403, "{}", bad.run);
+    let anon = fetch(&url, &[]);
+    assert_eq!(anon.status, 403, "{}", anon.run);
+
+    let log = moto.wait_requests(Duration::from_secs(5), |v| {
+        v.iter()
+            .filter(|r| r.path == "/spack-mirror/cache/sub/b.bin" && r.method == "GET")
+            .count()
+            == 3
+    });
+    let gets: Vec<u16> = log
+        .iter()
+        .filter(|r| r.path == "/spack-mirror/cache/sub/b.bin" && r.method == "GET")
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(gets, [200, 403, 403], "{log:#?}");
+    assert_eq!(moto.served("/spack-mirror/cache/"), 1);
+}
+
+#[test]
+fn moto_without_auth_accepts_any_key() {
+    let tmp = short_tempdir();
+    std::fs::write(tmp.path().join("f"), b"x").unwrap();
+    let mut moto = Moto::new();
+    assert!(!moto.checks_auth());
+    assert_eq!(moto.bucket_with("any-key-bucket", "", tmp.path()), 1);
+    assert_eq!(
+        moto.list_with(&Credentials::bogus(), "any-key-bucket", "")
+            .unwrap(),
+        ["f"]
+    );
+    let port = moto.port();
+    moto.stop();
+    assert!(!moto.is_running());
+    assert!(!port_answers(port));
 }

@@ -8,6 +8,7 @@ pub mod checksum;
 pub mod index;
 pub mod layout;
 pub mod manifest;
+pub mod oci;
 pub mod projection;
 pub mod spec;
 

@@ -284,6 +284,16 @@ pub(crate) fn mirror_set(
 ) -> Result<MirrorSet> {
     let mut mirrors = Vec::new();
     for cfg in cfgs {
+        let is_oci = cfg.url.starts_with("oci://") || cfg.url.starts_with("oci+http://");
+        if is_oci && cfg.signed {
+            let shown = spackfs::transport::display_url(&cfg.url);
+            let place = if cfg.origin.contains(&shown) {
+                cfg.origin.clone()
+            } else {
+                format!("{} ({shown})", cfg.origin)
+            };
+            bail!("{place}: {}", spackfs::mirror::oci::UNSIGNED_ONLY);
+        }
         let trust = if cfg.signed {
             let ring = cfg
                 .keyring()
@@ -298,11 +308,51 @@ pub(crate) fn mirror_set(
         } else {
             TrustPolicy::Unsigned
         };
-        let store = spackfs::transport::open(&cfg.url, opts)
+        let store = spackfs::transport::open_with(&cfg.url, opts, &access(cfg)?)
             .with_context(|| format!("opening {}", cfg.origin))?;
         mirrors.push(Mirror::new(&cfg.name, store, trust, backoff, absent_ttl));
     }
     Ok(MirrorSet::new(mirrors))
+}
+
+/// The credentials of a mirror, read from the environment variables its configuration
+/// names. A pair with an unset or empty half counts as absent (as in Spack), with a
+/// warning naming the variable.
+fn access(cfg: &MirrorConfig) -> Result<spackfs::transport::Access> {
+    let c = &cfg.connection;
+    let access_key = match &c.access_pair {
+        None => None,
+        Some(pair) => match (pair.id.resolve(), pair.secret.resolve()) {
+            (Some(id), Some(secret)) => Some((id, secret)),
+            _ => {
+                tracing::warn!(
+                    "{}: access_pair: {} unset or empty: no credentials are sent",
+                    cfg.origin,
+                    [&pair.id, &pair.secret]
+                        .iter()
+                        .filter(|c| c.resolve().is_none())
+                        .map(|c| match c {
+                            spackfs::config::Credential::Variable(v) => format!("variable {v}"),
+                            spackfs::config::Credential::Literal(_) => "the literal id".into(),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                );
+                None
+            }
+        },
+    };
+    let session_token = match (&c.access_token_variable, &c.access_token) {
+        (Some(var), _) => std::env::var(var).ok().filter(|v| !v.is_empty()),
+        (None, Some(literal)) => Some(literal.clone()),
+        (None, None) => None,
+    };
+    Ok(spackfs::transport::Access {
+        access_key,
+        session_token,
+        profile: c.profile.clone(),
+        endpoint_url: c.endpoint_url.clone(),
+    })
 }
 
 /// Open the catalog of the mirrors (for `ls` and `install`): mirrors that cannot be read

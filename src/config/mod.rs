@@ -57,7 +57,7 @@ pub struct Connection {
 pub struct MirrorConfig {
     /// A name for logs (the config's mirror name).
     pub name: String,
-    /// `file://…`, a plain path, `http(s)://…` (and, in configurations, `s3://`, `oci://`…).
+    /// `file://…`, a plain path, `http(s)://…`, `s3://…`, `oci://…`, `oci+http://…`.
     pub url: String,
     /// Require signatures (the default for URL mirrors, as in Spack).
     pub signed: bool,
@@ -108,19 +108,17 @@ impl MirrorConfig {
 /// What spackfs can do with a mirror URL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Support {
-    /// `file://`, a path, `http://`, `https://`.
+    /// `file://`, a path, `http://`, `https://`, `s3://`, `oci://`, `oci+http://`.
     Supported,
-    /// A Spack mirror kind this version cannot read yet (`s3://`, `gs://`, `oci://`…).
+    /// A Spack mirror kind this version cannot read yet (`gs://`, `sftp://`…).
     NotYet(&'static str),
 }
 
 /// See [`Support`].
 pub fn support(url: &str) -> Support {
     match url.split_once("://").map(|(s, _)| s) {
-        None | Some("file" | "http" | "https") => Support::Supported,
-        Some("s3") => Support::NotYet("S3 buckets (s3://)"),
+        None | Some("file" | "http" | "https" | "s3" | "oci" | "oci+http") => Support::Supported,
         Some("gs") => Support::NotYet("Google Cloud Storage (gs://)"),
-        Some("oci" | "oci+http") => Support::NotYet("OCI registries (oci://)"),
         Some(_) => Support::NotYet("this kind of URL"),
     }
 }
@@ -521,7 +519,9 @@ fn spack_mirror(name: &str, entry: &Value) -> Result<Option<MirrorConfig>, Strin
     };
     Ok(Some(MirrorConfig {
         name: name.to_string(),
-        signed: signed && !url.starts_with("oci"),
+        // OCI caches are unsigned, but never silently: the mirror layer refuses a signed
+        // OCI mirror (`signed: false` or --unsigned is required).
+        signed,
         url: expand_path(&url),
         connection: conn,
         ..Default::default()
@@ -589,7 +589,7 @@ fn stackinator_mirror(
     };
     let mut m = MirrorConfig {
         name: name.clone(),
-        signed: opt_bool(map, "signed")?.unwrap_or(true) && !url.starts_with("oci"),
+        signed: opt_bool(map, "signed")?.unwrap_or(true),
         url: expand_path(&url),
         connection: conn,
         ..Default::default()
@@ -675,10 +675,10 @@ mod tests {
                 ("a", "/srv/cache", true),
                 ("b", "file:///x", false),
                 ("c", "file:///f", true),
-                ("o", "oci://ghcr.io/x/y", false)
+                ("o", "oci://ghcr.io/x/y", true)
             ]
         );
-        assert_eq!(m[3].support(), Support::NotYet("OCI registries (oci://)"));
+        assert_eq!(m[3].support(), Support::Supported);
         assert_eq!(m[0].origin, "/etc/m.yaml: mirror \"a\"");
     }
 

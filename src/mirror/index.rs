@@ -45,6 +45,8 @@ pub enum IndexSource {
     V3AndV2,
     /// No index: the manifests were listed.
     Listing,
+    /// An OCI registry's index image.
+    Oci,
 }
 
 impl std::fmt::Display for IndexSource {
@@ -54,6 +56,7 @@ impl std::fmt::Display for IndexSource {
             IndexSource::V2 => "v2 index",
             IndexSource::V3AndV2 => "v3 and v2 indexes",
             IndexSource::Listing => "listing of its manifests",
+            IndexSource::Oci => "OCI index image",
         })
     }
 }
@@ -113,6 +116,28 @@ impl Mirror {
     /// Read the index, or tell that it did not change since the last successful read. The
     /// state is updated only once everything read was verified.
     pub async fn read_index(&self) -> Result<IndexRead, MirrorError> {
+        if self.store().is_registry() {
+            let (validator, last) = {
+                let s = self.index_state.lock().unwrap();
+                (s.v3_validator.clone(), s.v3_checksum)
+            };
+            let (read, validator, sum) = self.read_index_oci(validator.as_deref(), last).await?;
+            if let IndexRead::Fresh {
+                source: IndexSource::Oci,
+                ..
+            } = &read
+            {
+                let mut s = self.index_state.lock().unwrap();
+                s.v3_validator = validator;
+                s.v3_checksum = sum;
+                s.v2_absent = true;
+                drop(s);
+                self.clear_absent();
+            } else if let (IndexRead::Unchanged, Some(v)) = (&read, validator) {
+                self.index_state.lock().unwrap().v3_validator = Some(v);
+            }
+            return Ok(read);
+        }
         let (v3_validator, v3_checksum, v2_validator, v2_checksum, v2_absent) = {
             let s = self.index_state.lock().unwrap();
             (
@@ -206,7 +231,7 @@ impl Mirror {
         })
     }
 
-    fn index_err(&self, message: impl Into<String>) -> MirrorError {
+    pub(super) fn index_err(&self, message: impl Into<String>) -> MirrorError {
         MirrorError::Index {
             mirror: self.url().to_string(),
             message: message.into(),
@@ -323,7 +348,7 @@ impl Mirror {
 
     /// Hash, inflate (when gzipped) and parse an index blob in one pass; the sha256 (and
     /// size) must match. Returns the records and the blob's sha256.
-    async fn parse_index_stream(
+    pub(super) async fn parse_index_stream(
         &self,
         body: ByteStream,
         path: &str,
@@ -383,12 +408,20 @@ impl Mirror {
 
     /// No index: list `v3/manifests/spec/` and `build_cache/`, reading (and verifying) each
     /// new package's metadata; unchanged listings answer `Unchanged`.
-    async fn read_listing(&self) -> Result<IndexRead, MirrorError> {
-        let Some(v3_paths) = self.store().list(layout::V3_SPEC_DIR).await? else {
-            return Ok(IndexRead::Unlisted);
-        };
-        let v2_paths = self.store().list(layout::V2_DIR).await?.unwrap_or_default();
+    pub(super) async fn read_listing(&self) -> Result<IndexRead, MirrorError> {
         let mut found: Vec<(String, Layout, String)> = Vec::new();
+        let (v3_paths, v2_paths) = if self.store().is_registry() {
+            for (hash, path) in self.oci_tags().await? {
+                found.push((hash, Layout::V3, path));
+            }
+            (Vec::new(), Vec::new())
+        } else {
+            let Some(v3_paths) = self.store().list(layout::V3_SPEC_DIR).await? else {
+                return Ok(IndexRead::Unlisted);
+            };
+            let v2_paths = self.store().list(layout::V2_DIR).await?.unwrap_or_default();
+            (v3_paths, v2_paths)
+        };
         for path in v3_paths {
             if let Some((_, _, hash)) = layout::parse_v3_spec_manifest(&path) {
                 found.push((hash, Layout::V3, path));

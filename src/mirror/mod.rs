@@ -5,6 +5,7 @@
 
 pub mod health;
 pub mod index;
+pub mod oci;
 pub mod set;
 pub mod verified;
 
@@ -268,6 +269,22 @@ impl Mirror {
         if let Some(m) = self.meta_cache.lock().unwrap().get(&node.hash) {
             return Ok(m.clone());
         }
+        if self.store.is_registry() {
+            let tag = crate::buildcache::oci::package_tag(&node.name, &node.version, &node.hash);
+            let meta = match self
+                .meta_oci(&node.display(), &oci::manifest_path(&tag))
+                .await
+            {
+                Err(MirrorError::Transport(t)) if t.is_not_found() => {
+                    return Err(MirrorError::NotInMirror {
+                        package: node.display(),
+                        mirror: self.url().to_string(),
+                    })
+                }
+                other => other?,
+            };
+            return self.bind(node, meta);
+        }
         // Only where the index says (no probing of the other layout for a listed package).
         let hint = self.index_state.lock().unwrap().hint(&node.hash);
         let path = layout::v3_spec_manifest(&node.name, &node.version, &node.hash)
@@ -429,11 +446,15 @@ impl Mirror {
         path: &str,
         hash: &str,
     ) -> Result<Verified<PackageMeta>, MirrorError> {
-        let raw = self.store.get_bytes(path, SMALL_LIMIT).await?;
         let package = format!("{path} ({hash})");
-        let meta = match lay {
-            Layout::V3 => self.meta_v3(&package, path, raw).await?,
-            Layout::V2 => self.meta_v2(&package, path, raw).await?,
+        let meta = if self.store.is_registry() {
+            self.meta_oci(&package, path).await?
+        } else {
+            let raw = self.store.get_bytes(path, SMALL_LIMIT).await?;
+            match lay {
+                Layout::V3 => self.meta_v3(&package, path, raw).await?,
+                Layout::V2 => self.meta_v2(&package, path, raw).await?,
+            }
         };
         if meta.node().hash != hash {
             return Err(MirrorError::Integrity {

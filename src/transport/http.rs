@@ -67,6 +67,8 @@ struct Inner {
     display: String,
     /// Basic-auth credentials from the URL (percent-decoded); never logged.
     auth: Option<(String, Option<String>)>,
+    /// An OCI registry's authorisation (answers its 401 challenges).
+    registry: Option<super::oci::auth::RegistryAuth>,
     opts: RemoteOptions,
     /// Bound on the wait for response headers.
     header_wait: Duration,
@@ -77,6 +79,72 @@ impl HttpStore {
     /// which is sent as basic auth). Proxies are taken from the environment now.
     pub fn new(url: &str, opts: &RemoteOptions) -> Result<Self, TransportError> {
         Self::build(url, opts, true)
+    }
+
+    /// The HTTP side of an OCI registry: `base` is `SCHEME://HOST/v2/NAME/`, `display`
+    /// the mirror's name in messages, `auth` answers the registry's 401 challenges.
+    pub(crate) fn for_registry(
+        base: &str,
+        display: &str,
+        opts: &RemoteOptions,
+        auth: super::oci::auth::RegistryAuth,
+    ) -> Result<Self, TransportError> {
+        let mut store = Self::build(base, opts, true)?;
+        let inner = Arc::get_mut(&mut store.inner).expect("a new store is not shared");
+        inner.display = display.to_string();
+        inner.registry = Some(auth);
+        Ok(store)
+    }
+
+    /// GET `path` with extra request headers; the response headers and the body.
+    pub(crate) async fn get_with(
+        &self,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Result<(HeaderMap, ByteStream), TransportError> {
+        let url = self.inner.object_url(path)?;
+        self.get_url(path, url, headers).await
+    }
+
+    /// GET an absolute URL of this store's origin (a `Link` to the next page), named
+    /// `what` in messages. Another origin is refused: credentials never go there.
+    pub(crate) async fn get_url(
+        &self,
+        what: &str,
+        url: Url,
+        headers: &HeaderMap,
+    ) -> Result<(HeaderMap, ByteStream), TransportError> {
+        if url.origin() != self.inner.base.origin() {
+            return Err(TransportError::Refused {
+                mirror: self.inner.display.clone(),
+                path: what.to_string(),
+                message: format!("a link to another host ({url}) is not followed"),
+            });
+        }
+        let resp = self
+            .inner
+            .send_retried(Method::GET, what, &url, headers)
+            .await?;
+        if !resp.status().is_success() {
+            return Err(self.inner.status_error(what, resp.status()));
+        }
+        let head = resp.headers().clone();
+        Ok((head, self.inner.body_stream(what, url, resp)))
+    }
+
+    /// A conditional GET of `path` with extra request headers; the response headers too.
+    pub(crate) async fn get_if_changed_with(
+        &self,
+        path: &str,
+        validator: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Result<(Conditional, HeaderMap), TransportError> {
+        self.inner.get_if_changed(path, validator, headers).await
+    }
+
+    /// The mirror root URL (with a trailing slash).
+    pub(crate) fn base(&self) -> &Url {
+        &self.inner.base
     }
 
     fn build(url: &str, opts: &RemoteOptions, env_proxy: bool) -> Result<Self, TransportError> {
@@ -148,6 +216,7 @@ impl HttpStore {
                 base,
                 display: shown,
                 auth,
+                registry: None,
                 opts: opts.clone(),
                 header_wait: opts.connect_timeout + window,
             }),
@@ -157,7 +226,7 @@ impl HttpStore {
 
 /// Install ring as the process-wide rustls provider (once; keep whichever provider was
 /// installed first).
-fn install_crypto_provider() {
+pub(crate) fn install_crypto_provider() {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     INSTALLED.get_or_init(|| {
         // Err means a provider is installed already: that one is used.
@@ -292,6 +361,10 @@ impl Inner {
         if let Some((user, password)) = &self.auth {
             req = req.basic_auth(user, password.as_deref());
         }
+        if let Some(value) = self.registry.as_ref().and_then(|r| r.current()) {
+            // Per request: reqwest drops it when a redirect leaves this host.
+            req = req.header(header::AUTHORIZATION, value);
+        }
         let start = Instant::now();
         let result = tokio::time::timeout(self.header_wait, req.send()).await;
         let elapsed = start.elapsed().as_secs_f64();
@@ -343,6 +416,7 @@ impl Inner {
     ) -> Result<Response, TransportError> {
         let mut backoff = self.backoff();
         let mut attempt = 0;
+        let mut challenged = false;
         loop {
             let (err, retry_after) = match self.send_once(&method, path, url, headers.clone()).await
             {
@@ -350,6 +424,24 @@ impl Inner {
                     let status = resp.status();
                     if status.is_success() || status == StatusCode::NOT_MODIFIED {
                         return Ok(resp);
+                    }
+                    if status == StatusCode::UNAUTHORIZED {
+                        if let Some(registry) = &self.registry {
+                            if challenged {
+                                return Err(registry.refused(&self.display, path));
+                            }
+                            challenged = true;
+                            registry
+                                .answer(
+                                    &self.client,
+                                    resp.headers(),
+                                    &self.display,
+                                    path,
+                                    self.header_wait,
+                                )
+                                .await?;
+                            continue;
+                        }
                     }
                     let err = self.status_error(path, status);
                     if err.class() != ErrorClass::Transient {
@@ -532,9 +624,10 @@ impl Inner {
         self: &Arc<Self>,
         path: &str,
         validator: Option<&str>,
-    ) -> Result<Conditional, TransportError> {
+        extra: &HeaderMap,
+    ) -> Result<(Conditional, HeaderMap), TransportError> {
         let url = self.object_url(path)?;
-        let mut headers = HeaderMap::new();
+        let mut headers = extra.clone();
         // A validator that is no valid header value cannot have come from us: ignore it.
         let condition = validator.and_then(|v| match v.strip_prefix(LAST_MODIFIED_PREFIX) {
             Some(date) => Some((header::IF_MODIFIED_SINCE, HeaderValue::from_str(date).ok()?)),
@@ -547,20 +640,24 @@ impl Inner {
         let resp = self.send_retried(Method::GET, path, &url, &headers).await?;
         let status = resp.status();
         if status == StatusCode::NOT_MODIFIED && conditional {
-            return Ok(Conditional::Unchanged);
+            return Ok((Conditional::Unchanged, resp.headers().clone()));
         }
         if !status.is_success() {
             return Err(self.status_error(path, status));
         }
         let new_validator = response_validator(resp.headers());
         // A server that ignores conditions but still reports the same validator.
+        let head = resp.headers().clone();
         if conditional && new_validator.is_some() && new_validator.as_deref() == validator {
-            return Ok(Conditional::Unchanged);
+            return Ok((Conditional::Unchanged, head));
         }
-        Ok(Conditional::Changed {
-            stream: self.body_stream(path, url, resp),
-            validator: new_validator,
-        })
+        Ok((
+            Conditional::Changed {
+                stream: self.body_stream(path, url, resp),
+                validator: new_validator,
+            },
+            head,
+        ))
     }
 
     async fn head(&self, path: &str) -> Result<Option<u64>, TransportError> {
@@ -795,7 +892,11 @@ impl BlobStore for HttpStore {
         path: &str,
         validator: Option<&str>,
     ) -> Result<Conditional, TransportError> {
-        self.inner.get_if_changed(path, validator).await
+        Ok(self
+            .inner
+            .get_if_changed(path, validator, &HeaderMap::new())
+            .await?
+            .0)
     }
 
     /// `Content-Length` of a HEAD; when the server sends none, the total of the

@@ -11,7 +11,9 @@
 pub mod fault;
 pub mod file;
 pub mod http;
+pub mod oci;
 pub mod pump;
+pub mod s3;
 pub mod watchdog;
 
 use std::pin::Pin;
@@ -197,6 +199,11 @@ pub trait BlobStore: Send + Sync {
     /// `None` when the protocol cannot list (plain HTTP).
     async fn list(&self, prefix: &str) -> Result<Option<Vec<String>>, TransportError>;
 
+    /// Is this an OCI registry (paths are `manifests/REF`, `blobs/DIGEST`; listing `tags`)?
+    fn is_registry(&self) -> bool {
+        false
+    }
+
     /// Read a small object whole, refusing more than `limit` bytes.
     async fn get_bytes(&self, path: &str, limit: u64) -> Result<Vec<u8>, TransportError> {
         let stream = self.get(path).await?;
@@ -278,8 +285,39 @@ impl Default for RemoteOptions {
     }
 }
 
-/// Open the transport for a mirror URL: `file://…` or a plain path, `http://…`, `https://…`.
+/// The credentials and endpoint of a mirror (Spack's connection fields, resolved: values,
+/// not variable names). S3 uses all of them; OCI registries the access pair as user and
+/// password; file and HTTP mirrors none.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// Key id (user) and secret (password): `access_pair`.
+    pub access_key: Option<(String, String)>,
+    /// S3 session token (`access_token_variable`'s value).
+    pub session_token: Option<String>,
+    /// An AWS profile of `~/.aws/credentials` and `~/.aws/config`.
+    pub profile: Option<String>,
+    /// An S3-compatible endpoint (else `S3_ENDPOINT_URL`, else AWS).
+    pub endpoint_url: Option<String>,
+}
+
+/// Open the transport for a mirror URL without credentials.
 pub fn open(url: &str, opts: &RemoteOptions) -> Result<Box<dyn BlobStore>, TransportError> {
+    open_with(url, opts, &Access::default())
+}
+
+/// Open the transport for a mirror URL: `file://…` or a plain path, `http://…`,
+/// `https://…`, `s3://bucket/prefix`, `oci://…` and `oci+http://…`.
+pub fn open_with(
+    url: &str,
+    opts: &RemoteOptions,
+    access: &Access,
+) -> Result<Box<dyn BlobStore>, TransportError> {
+    if url.starts_with("s3://") {
+        return Ok(Box::new(s3::S3Store::new(url, opts, access)?));
+    }
+    if url.starts_with("oci://") || url.starts_with("oci+http://") {
+        return Ok(Box::new(oci::OciStore::new(url, opts, access)?));
+    }
     if let Some(rest) = url.strip_prefix("file://") {
         return Ok(Box::new(file::FileStore::new(rest, url)));
     }

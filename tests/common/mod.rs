@@ -12,6 +12,8 @@ pub mod mirror;
 pub mod mount;
 pub mod mutate;
 pub mod reference;
+pub mod registry;
+pub mod s3;
 pub mod servers;
 pub mod tarball;
 

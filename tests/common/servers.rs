@@ -12,6 +12,9 @@
 //! test binary that is killed outright leaves no server behind. (Squid refuses to run as root
 //! and would switch to `proxy` itself, which clears that setting: as root it is started as
 //! `proxy` instead.)
+//!
+//! The process plumbing (`Proc`, `server_dir`, `wait_until`, ...) is shared with the OCI
+//! registry (registry.rs) and S3 (s3.rs) servers.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -83,7 +86,7 @@ type SpawnRequest = (Command, mpsc::Sender<io::Result<Child>>);
 /// `PR_SET_PDEATHSIG = SIGKILL`: the child dies with the test process even when that is
 /// killed (the parent-death signal fires when the *thread* that forked exits, so forking
 /// from the test's own thread would kill a server shared between tests).
-fn spawn_tied(cmd: Command) -> io::Result<Child> {
+pub(crate) fn spawn_tied(cmd: Command) -> io::Result<Child> {
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
     let tx = SPAWNER
         .get_or_init(|| {
@@ -114,17 +117,31 @@ fn spawn_tied(cmd: Command) -> io::Result<Child> {
 }
 
 /// A server child process: started from a fixed command line, stdout and stderr into a file.
-struct Proc {
-    program: String,
-    args: Vec<OsString>,
-    stderr_path: PathBuf,
+pub(crate) struct Proc {
+    pub(crate) program: String,
+    pub(crate) args: Vec<OsString>,
+    pub(crate) stderr_path: PathBuf,
     /// Run as this user and group (set before the parent-death signal, which survives).
-    run_as: Option<(libc::uid_t, libc::gid_t)>,
-    child: Option<Child>,
+    pub(crate) run_as: Option<(libc::uid_t, libc::gid_t)>,
+    /// Extra environment variables of the child.
+    pub(crate) env: Vec<(OsString, OsString)>,
+    pub(crate) child: Option<Child>,
 }
 
 impl Proc {
-    fn cmdline(&self) -> String {
+    /// `program ARGS...` with output into `stderr_path`, not started yet.
+    pub(crate) fn new(program: String, args: Vec<OsString>, stderr_path: PathBuf) -> Proc {
+        Proc {
+            program,
+            args,
+            stderr_path,
+            run_as: None,
+            env: Vec::new(),
+            child: None,
+        }
+    }
+
+    pub(crate) fn cmdline(&self) -> String {
         let mut s = self.program.clone();
         for a in &self.args {
             s.push(' ');
@@ -133,14 +150,15 @@ impl Proc {
         s
     }
 
-    fn spawn(&mut self) {
+    pub(crate) fn spawn(&mut self) {
         assert!(self.child.is_none(), "{} already running", self.program);
         let out = File::create(&self.stderr_path).expect("server output file");
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args)
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("server output file"))
-            .stderr(out);
+            .stderr(out)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         if let Some((uid, gid)) = self.run_as {
             cmd.uid(uid).gid(gid);
         }
@@ -154,20 +172,20 @@ impl Proc {
     }
 
     /// The exit status if the child has exited (reaping it).
-    fn exited(&mut self) -> Option<ExitStatus> {
+    pub(crate) fn exited(&mut self) -> Option<ExitStatus> {
         let child = self.child.as_mut()?;
         let status = child.try_wait().ok().flatten()?;
         self.child = None;
         Some(status)
     }
 
-    fn is_running(&mut self) -> bool {
+    pub(crate) fn is_running(&mut self) -> bool {
         self.exited();
         self.child.is_some()
     }
 
     /// Send `sig`, wait up to `grace` for the exit, then SIGKILL; always reaped.
-    fn stop(&mut self, sig: i32, grace: Duration) {
+    pub(crate) fn stop(&mut self, sig: i32, grace: Duration) {
         if self.exited().is_some() {
             return;
         }
@@ -191,7 +209,7 @@ impl Proc {
 
     /// Wait until the child answers on `port`. `Err` with the exit status when it exited
     /// first; panics (with `log`) on timeout.
-    fn wait_ready(
+    pub(crate) fn wait_ready(
         &mut self,
         port: u16,
         what: &str,
@@ -235,26 +253,26 @@ pub fn find_program(name: &str) -> String {
 }
 
 /// A directory under /tmp with a short name.
-fn server_dir(prefix: &str) -> tempfile::TempDir {
+pub(crate) fn server_dir(prefix: &str) -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix(prefix)
         .tempdir_in("/tmp")
         .expect("server directory")
 }
 
-fn read_lossy(p: &Path) -> String {
+pub(crate) fn read_lossy(p: &Path) -> String {
     std::fs::read(p)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default()
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
 
 /// Poll `cond` on fresh values of `get` until it holds; panics after `timeout`.
-fn wait_until<T>(
+pub(crate) fn wait_until<T>(
     what: &str,
     timeout: Duration,
     get: impl Fn() -> Vec<T>,
@@ -277,7 +295,7 @@ fn wait_until<T>(
     }
 }
 
-fn show_all<T: fmt::Debug>(v: &[T]) -> String {
+pub(crate) fn show_all<T: fmt::Debug>(v: &[T]) -> String {
     v.iter().map(|r| format!("  {r:?}\n")).collect()
 }
 
@@ -430,6 +448,7 @@ impl NginxBuilder {
                 ],
                 stderr_path: d.join("stderr.log"),
                 run_as: None,
+                env: Vec::new(),
                 child: None,
             },
             startup: Duration::ZERO,
@@ -809,6 +828,7 @@ impl SquidBuilder {
                 ],
                 stderr_path: d.join("stderr.log"),
                 run_as,
+                env: Vec::new(),
                 child: None,
             },
             startup: Duration::ZERO,
