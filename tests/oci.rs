@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::mount::{check_greet_programs, is_mounted, xattr_str, Daemon, MountDirs};
 use common::registry::{Registry, TokenRegistry, GREET_LAYER, LIBGREET_LAYER};
 use common::servers::{free_port, Nginx};
-use common::{fixtures, path_str, spackfs, Run, V3_UNSIGNED};
+use common::{fixtures, path_str, spackfs, V3_UNSIGNED};
 
 /// How long a mount that must fail (bad credentials, a signed OCI mirror) may take to exit.
 const FAIL_FAST: Duration = Duration::from_secs(15);
@@ -81,33 +81,6 @@ fn assert_refused_by(d: &Daemon, host: &str) {
     );
 }
 
-/// `spackfs ls MIRROR ARGS...` lists the three fixture packages, unsigned.
-#[track_caller]
-fn assert_lists_the_fixtures(run: &Run) {
-    run.assert_ok();
-    let lines: Vec<&str> = run.stdout.lines().collect();
-    assert_eq!(lines.len(), 3, "three packages expected:\n{run}");
-    for (name, hash) in [
-        ("fixture-libgreet", V3_UNSIGNED.libgreet_hash),
-        ("fixture-greet", V3_UNSIGNED.greet_hash),
-        ("fixture-bulk", V3_UNSIGNED.bulk_hash),
-    ] {
-        let line = lines
-            .iter()
-            .find(|l| l.split_whitespace().next() == Some(name))
-            .unwrap_or_else(|| panic!("{name} not listed:\n{run}"));
-        assert!(
-            line.contains(&hash[..7]),
-            "{name}: short hash: {line}\n{run}"
-        );
-        assert!(line.contains("1.0"), "{name}: version: {line}");
-        assert!(
-            line.trim_end().ends_with("unsigned"),
-            "{name}: unsigned: {line}"
-        );
-    }
-}
-
 /// The registry served each of greet's and libgreet's tarballs exactly once.
 #[track_caller]
 fn assert_tarballs_served_once(reg: &Registry, d: &Daemon) {
@@ -136,7 +109,7 @@ fn oci_mirror_on_the_command_line_and_in_mirrors_yaml() {
     let Some(fx) = fixtures() else { return };
     let reg = Registry::serve(&fx);
     let url = reg.url();
-    assert_lists_the_fixtures(&spackfs(["ls", url.as_str(), "--unsigned"]));
+    V3_UNSIGNED.assert_listed(&spackfs(["ls", url.as_str(), "--unsigned"]), "unsigned");
 
     reg.clear_log();
     let dirs = MountDirs::new();
@@ -151,7 +124,7 @@ fn oci_mirror_on_the_command_line_and_in_mirrors_yaml() {
 
     let tmp = common::short_tempdir();
     let yaml = write_mirrors_yaml(tmp.path(), &[("oci-fixtures", oci_entry(&url, false))]);
-    assert_lists_the_fixtures(&spackfs(["ls", path_str(&yaml)]));
+    V3_UNSIGNED.assert_listed(&spackfs(["ls", path_str(&yaml)]), "unsigned");
     reg.clear_log();
     let dirs = MountDirs::new();
     let d = Daemon::mount_with(&[path_str(&yaml)], &dirs.mnt, &dirs.cache, &[], &[]);

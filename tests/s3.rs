@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::mount::{check_greet_programs, errno_of, is_mounted, xattr_str, Daemon, MountDirs};
 use common::s3::{spackfs_with_env, Credentials, Moto};
-use common::{fixtures, path_str, Run, FIXTURE_FPR, V3_SIGNED, V3_UNSIGNED};
+use common::{fixtures, path_str, FIXTURE_FPR, V3_SIGNED, V3_UNSIGNED};
 
 const BUCKET: &str = "spack-mirror";
 const PREFIX: &str = "cache";
@@ -56,32 +56,6 @@ fn env_of(creds: &Credentials) -> [(&str, &str); 3] {
     ]
 }
 
-/// `spackfs ls` listed the three fixture packages, each line ending with `signer`.
-#[track_caller]
-fn assert_lists(run: &Run, signer: &str) {
-    run.assert_ok();
-    let lines: Vec<&str> = run.stdout.lines().collect();
-    assert_eq!(lines.len(), 3, "three packages expected:\n{run}");
-    for (name, hash) in [
-        ("fixture-libgreet", V3_UNSIGNED.libgreet_hash),
-        ("fixture-greet", V3_UNSIGNED.greet_hash),
-        ("fixture-bulk", V3_UNSIGNED.bulk_hash),
-    ] {
-        let line = lines
-            .iter()
-            .find(|l| l.split_whitespace().next() == Some(name))
-            .unwrap_or_else(|| panic!("{name} not listed:\n{run}"));
-        assert!(
-            line.contains(&hash[..7]),
-            "{name}: short hash: {line}\n{run}"
-        );
-        assert!(
-            line.trim_end().ends_with(signer),
-            "{name}: {signer}: {line}\n{run}"
-        );
-    }
-}
-
 /// moto checking signatures, holding fixture cache `cache`'s mirror in `bucket`/`prefix`.
 #[track_caller]
 fn moto_with(fx: &common::Fixtures, cache: &str, bucket: &str, prefix: &str) -> Moto {
@@ -108,7 +82,7 @@ fn s3_mirror_with_an_access_pair_serves_greet() {
     let creds = moto.credentials().clone();
     let env = env_of(&creds);
 
-    assert_lists(
+    V3_UNSIGNED.assert_listed(
         &spackfs_with_env(&["ls", path_str(&yaml)], &env),
         "unsigned",
     );
@@ -200,7 +174,7 @@ fn s3_signed_mirror_is_verified() {
     let key = fx.fixture_key();
 
     let ls = spackfs_with_env(&["ls", path_str(&yaml), "--key", path_str(&key)], &env);
-    assert_lists(&ls, FIXTURE_FPR);
+    V3_SIGNED.assert_listed(&ls, FIXTURE_FPR);
 
     let dirs = MountDirs::new();
     let d = Daemon::mount_with(

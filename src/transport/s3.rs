@@ -264,22 +264,7 @@ impl S3Store {
                 .into_io()
             })
             .boxed();
-        let mirror = self.display.clone();
-        let path = path.to_string();
-        let limit = self.opts.low_speed_limit;
-        watchdog::low_speed(
-            stream,
-            limit,
-            self.opts.low_speed_time,
-            move |bytes, window| TransportError::Timeout {
-                mirror: mirror.clone(),
-                path: path.clone(),
-                message: format!(
-                    "slower than {limit} B/s: {bytes} bytes in {:.1}s",
-                    window.as_secs_f64()
-                ),
-            },
-        )
+        watchdog::guard(stream, &self.opts, &self.display, path)
     }
 }
 

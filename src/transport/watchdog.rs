@@ -27,6 +27,29 @@ use super::{ByteStream, TransportError};
 /// and the window's length.
 type OnSlow = Box<dyn Fn(u64, Duration) -> TransportError + Send + Sync>;
 
+/// `stream` under the low-speed rule of `opts`, a slow transfer failing as a `Timeout`
+/// naming `mirror` and `path` (what every remote transport does with a body).
+pub fn guard(
+    stream: ByteStream,
+    opts: &super::RemoteOptions,
+    mirror: &str,
+    path: &str,
+) -> ByteStream {
+    let limit = opts.low_speed_limit;
+    let mirror = mirror.to_string();
+    let path = path.to_string();
+    low_speed(stream, limit, opts.low_speed_time, move |bytes, window| {
+        TransportError::Timeout {
+            mirror: mirror.clone(),
+            path: path.clone(),
+            message: format!(
+                "slower than {limit} B/s: {bytes} bytes in {:.1}s",
+                window.as_secs_f64()
+            ),
+        }
+    })
+}
+
 /// Fail `stream` with `on_slow(bytes_in_window, window).into_io()` when fewer than
 /// `limit * window` bytes (limit in bytes per second) arrive during a window. A `limit` of
 /// 0 (or a zero window) disables the rule. After the error the stream ends.

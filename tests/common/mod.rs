@@ -119,6 +119,38 @@ pub const V2_SIGNED: FixtureCache = FixtureCache {
 };
 
 impl FixtureCache {
+    /// `spackfs ls` of this cache's packages succeeded and listed the three fixture
+    /// packages, one line each, with their version and short hash, each line ending with
+    /// `signer` (a fingerprint or `unsigned`).
+    #[track_caller]
+    pub fn assert_listed(&self, run: &Run, signer: &str) {
+        run.assert_ok();
+        let lines: Vec<&str> = run.stdout.lines().collect();
+        assert_eq!(lines.len(), 3, "three packages expected:\n{run}");
+        for (name, hash) in [
+            ("fixture-libgreet", self.libgreet_hash),
+            ("fixture-greet", self.greet_hash),
+            ("fixture-bulk", self.bulk_hash),
+        ] {
+            let line = lines
+                .iter()
+                .find(|l| l.split_whitespace().next() == Some(name))
+                .unwrap_or_else(|| panic!("{name} not listed:\n{run}"));
+            assert!(
+                line.contains(&hash[..7]),
+                "{name}: short hash missing: {line}\n{run}"
+            );
+            assert!(
+                line.contains("1.0"),
+                "{name}: version missing: {line}\n{run}"
+            );
+            assert!(
+                line.trim_end().ends_with(signer),
+                "{name}: signer {signer} expected: {line}\n{run}"
+            );
+        }
+    }
+
     /// `--key <fixture key>` or `--unsigned`.
     pub fn trust_args(&self, fx: &Fixtures) -> Vec<String> {
         if self.signed {
