@@ -7,6 +7,7 @@
 pub mod buildcache;
 pub mod catalog;
 pub mod config;
+pub mod control;
 pub mod fs;
 pub mod install;
 pub mod metrics;

@@ -7,6 +7,7 @@ pub mod buildinfo;
 pub mod checksum;
 pub mod index;
 pub mod layout;
+pub mod lockfile;
 pub mod manifest;
 pub mod oci;
 pub mod projection;

@@ -48,6 +48,18 @@ impl SpecNode {
         format!("{}@{}/{}", self.name, self.version, short_hash(&self.hash))
     }
 
+    /// Does the node answer to `spec`: `name`, `name@version` or `/hashprefix`?
+    pub fn answers_to(&self, spec: &str) -> bool {
+        let spec = spec.trim();
+        if let Some(prefix) = spec.strip_prefix('/') {
+            return self.hash.starts_with(prefix);
+        }
+        match spec.split_once('@') {
+            Some((n, v)) => self.name == n && self.version == v,
+            None => self.name == spec,
+        }
+    }
+
     /// `name-version-hash`, the stem of manifest names.
     pub fn stem(&self) -> String {
         super::sanitize_component(&format!("{}-{}-{}", self.name, self.version, self.hash))

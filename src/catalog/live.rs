@@ -43,6 +43,16 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
+    /// The kind's name in metrics (one of `metrics::FAILURE_KINDS`).
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureKind::NotFound => "not_found",
+            FailureKind::Untrusted => "untrusted",
+            FailureKind::NoSpace => "no_space",
+            FailureKind::Failed => "failed",
+        }
+    }
+
     /// Words for the log.
     pub fn describe(self) -> &'static str {
         match self {
@@ -84,6 +94,26 @@ impl State {
             State::Failed { .. } => "failed",
         }
     }
+}
+
+/// The listed packages by state (see [`LiveCatalog::census`]).
+#[derive(Debug, Default)]
+pub struct Census {
+    pub listed: usize,
+    pub remote: usize,
+    pub fetching: usize,
+    pub ready: usize,
+    pub failed: Vec<FailedPackage>,
+}
+
+/// A package whose last materialisation failed.
+#[derive(Debug)]
+pub struct FailedPackage {
+    pub package: Arc<LivePackage>,
+    pub failure: Failure,
+    /// Until the next attempt is allowed.
+    pub retry_in: Duration,
+    pub attempts: u32,
 }
 
 /// A materialisation in flight: its result once known.
@@ -422,6 +452,38 @@ impl LiveCatalog {
         &self.target.root
     }
 
+    /// When the mount was made.
+    pub fn mounted_at(&self) -> SystemTime {
+        self.mounted_at
+    }
+
+    /// How many listed packages are in each state, and which failed.
+    pub fn census(&self) -> Census {
+        let pk = self.packages.read().unwrap();
+        let slots = self.slots.lock().unwrap();
+        let mut c = Census::default();
+        for p in pk.list.iter().filter(|p| p.is_listed()) {
+            c.listed += 1;
+            match slots.get(&p.node.hash) {
+                None => c.remote += 1,
+                Some(Slot::InFlight(_)) => c.fetching += 1,
+                Some(Slot::Idle(State::Ready { .. })) => c.ready += 1,
+                Some(Slot::Idle(State::Remote | State::Fetching)) => c.remote += 1,
+                Some(Slot::Idle(State::Failed {
+                    failure,
+                    retry_at,
+                    attempts,
+                })) => c.failed.push(FailedPackage {
+                    package: p.clone(),
+                    failure: failure.clone(),
+                    retry_in: retry_at.saturating_duration_since(Instant::now()),
+                    attempts: *attempts,
+                }),
+            }
+        }
+        c
+    }
+
     /// The current state of a package.
     pub fn state(&self, hash: &str) -> State {
         match self.slots.lock().unwrap().get(hash) {
@@ -585,7 +647,8 @@ impl LiveCatalog {
                     kind: failure_kind(e),
                     message: Arc::new(e.to_string()),
                 };
-                crate::metrics::Metrics::inc(&crate::metrics::global().packages_failed, 1);
+                crate::metrics::global()
+                    .package_failed(failure.kind.label(), &format!("{}: {e}", node.display()));
                 let delay = self.backoff * 2u32.saturating_pow(attempts.min(6));
                 let full = if failure.kind == FailureKind::NoSpace {
                     format!(
@@ -626,7 +689,7 @@ impl LiveCatalog {
         if let Some((prefix, entry)) = self.store.find(&node.hash, &self.target.root, &projection) {
             match self.store.check(&entry, false) {
                 None => {
-                    crate::metrics::Metrics::inc(&crate::metrics::global().cache_hits, 1);
+                    crate::metrics::global().cache_hits.inc();
                     tracing::info!(
                         "{}: ready from the cache ({})",
                         node.display(),
@@ -661,7 +724,7 @@ impl LiveCatalog {
                     &materialise::relocation_targets(&meta, &self.target),
                 );
                 if let Some((prefix, _)) = self.store.lookup(&key) {
-                    crate::metrics::Metrics::inc(&crate::metrics::global().cache_hits, 1);
+                    crate::metrics::global().cache_hits.inc();
                     tracing::info!(
                         "{}: ready from the cache ({})",
                         node.display(),
@@ -714,6 +777,7 @@ impl LiveCatalog {
                 timings.verify = meta.verify_time;
                 timings.fetch = fetched.saturating_sub(meta.verify_time);
                 timings.total = start.elapsed();
+                timings.observe(crate::metrics::global());
                 tracing::info!(
                     "{}: Successfully materialised {} from {}\n  {}",
                     node.name,

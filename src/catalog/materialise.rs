@@ -90,6 +90,17 @@ pub struct Timings {
     pub total: Duration,
 }
 
+impl Timings {
+    /// Record the phases in the metrics.
+    pub fn observe(&self, m: &crate::metrics::Metrics) {
+        m.phase("fetch", self.fetch);
+        m.phase("verify", self.verify);
+        m.phase("extract", self.extract);
+        m.phase("relocate", self.relocate);
+        m.phase("total", self.total);
+    }
+}
+
 impl std::fmt::Display for Timings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let s = |d: Duration| format!("{:.3}s", d.as_secs_f64());
@@ -161,7 +172,7 @@ pub async fn install_one(
             timings.verify = meta.verify_time;
             timings.fetch = fetched.saturating_sub(meta.verify_time);
             timings.total = start.elapsed();
-            tracing::info!(
+            tracing::debug!(
                 "{}: Successfully installed {} at {} from {}\n  {}",
                 node.name,
                 node.stem(),
@@ -212,9 +223,11 @@ pub async fn materialise(
         mirror: mirror.url().to_string(),
         source: Box::new(source),
     };
+    let asked = std::time::Instant::now();
     let stream = mirror.tarball(meta).await.map_err(blob_err)?;
     let metrics = crate::metrics::global();
-    crate::metrics::Metrics::inc(&metrics.blobs_fetched, 1);
+    metrics.fetch_latency(mirror.url(), "tarball", asked.elapsed());
+    metrics.blobs_fetched.inc();
     let (reader, failure) = pump(stream, mirror.url(), &meta.tarball_path);
     let job = Job {
         meta: meta.clone(),
@@ -238,9 +251,9 @@ pub async fn materialise(
         mirror: mirror.url().to_string(),
         source: Box::new(source),
     })?;
-    crate::metrics::Metrics::inc(&metrics.bytes_fetched, done.compressed);
+    metrics.fetched(mirror.url(), "tarball", done.compressed);
     if done.fresh {
-        crate::metrics::Metrics::inc(&metrics.packages_materialised, 1);
+        metrics.packages_materialised.inc();
     }
     Ok(done)
 }
@@ -356,12 +369,17 @@ pub fn install_sbang(root: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Install several packages, `jobs` at a time. Results come back in input order.
+/// Told about each package as it starts (`None`) and as it ends (its outcome).
+pub type Report = Arc<dyn Fn(&SpecNode, Option<&Result<Outcome, CatalogError>>) + Send + Sync>;
+
+/// Install several packages, `jobs` at a time; `report` hears of each as it starts and
+/// ends. Results come back in input order.
 pub async fn install_many(
     catalog: Arc<Catalog>,
     nodes: Vec<Arc<SpecNode>>,
     target: Target,
     jobs: usize,
+    report: Report,
 ) -> Vec<(Arc<SpecNode>, Result<Outcome, CatalogError>)> {
     let sem = Arc::new(tokio::sync::Semaphore::new(jobs.max(1)));
     // Staging left by an earlier run that crashed goes, as the cache's does at open.
@@ -378,9 +396,12 @@ pub async fn install_many(
     let mut handles = Vec::new();
     for node in nodes {
         let (catalog, target, sem) = (catalog.clone(), target.clone(), sem.clone());
+        let report = report.clone();
         handles.push(tokio::spawn(async move {
             let _permit = sem.acquire().await.expect("semaphore open");
+            report(&node, None);
             let r = install_one(&catalog, &node, &target).await;
+            report(&node, Some(&r));
             (node, r)
         }));
     }

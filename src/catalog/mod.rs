@@ -176,11 +176,27 @@ struct Source {
     kept: bool,
 }
 
+/// What the last reads of one mirror's index found, for `spackfs status` and metrics.
+#[derive(Debug, Default, Clone)]
+pub struct IndexCheck {
+    /// When the index was last read or confirmed unchanged.
+    pub checked_at: Option<std::time::SystemTime>,
+    /// Where its package list came from (`None`: no list, or a kept one).
+    pub source: Option<IndexSource>,
+    /// Packages it lists (available ones).
+    pub packages: usize,
+    /// The list is the index kept on disk: the mirror was unreachable.
+    pub kept: bool,
+    /// The last read failed, and why.
+    pub error: Option<String>,
+}
+
 /// The packages of the configured mirrors.
 pub struct Catalog {
     set: MirrorSet,
     namespace: RwLock<Arc<Namespace>>,
     sources: Mutex<Vec<Source>>,
+    checks: Mutex<Vec<IndexCheck>>,
 }
 
 impl Catalog {
@@ -192,6 +208,7 @@ impl Catalog {
             set,
             namespace: RwLock::default(),
             sources: Mutex::new(vec![Source::default(); n]),
+            checks: Mutex::new(vec![IndexCheck::default(); n]),
         };
         let reads = futures::future::join_all(
             cat.set
@@ -213,6 +230,33 @@ impl Catalog {
     /// Record the outcome of reading mirror `i`'s index; returns whether its list changed.
     fn apply(&self, i: usize, read: Result<IndexRead, MirrorError>) -> Result<bool, MirrorError> {
         let m = &self.set.mirrors()[i];
+        {
+            let mut checks = self.checks.lock().unwrap();
+            let c = &mut checks[i];
+            match &read {
+                Ok(r) => {
+                    c.checked_at = Some(std::time::SystemTime::now());
+                    c.error = None;
+                    c.kept = false;
+                    match r {
+                        IndexRead::Fresh { records, source } => {
+                            c.source = Some(*source);
+                            c.packages = records.iter().filter(|r| r.in_buildcache).count();
+                        }
+                        IndexRead::Unlisted => {
+                            c.source = None;
+                            c.packages = 0;
+                        }
+                        IndexRead::Unchanged => {}
+                    }
+                }
+                Err(e) => {
+                    c.error = Some(e.to_string());
+                    crate::metrics::global().mirror_error(m.url(), "index");
+                    crate::metrics::global().record_error(&format!("mirror {}: {e}", m.url()));
+                }
+            }
+        }
         match read {
             Ok(IndexRead::Unchanged) => Ok(false),
             Ok(IndexRead::Unlisted) => {
@@ -304,6 +348,11 @@ impl Catalog {
     pub fn adopt_kept(&self, i: usize, json: &[u8]) -> Result<usize, FormatError> {
         let records = self.set.mirrors()[i].kept_index(json)?;
         let n = records.iter().filter(|r| r.in_buildcache).count();
+        {
+            let mut checks = self.checks.lock().unwrap();
+            checks[i].kept = true;
+            checks[i].packages = n;
+        }
         self.set_records(i, records, true);
         self.rebuild();
         Ok(n)
@@ -349,6 +398,11 @@ impl Catalog {
         changed
     }
 
+    /// What the last index reads of each mirror found, in mirror order.
+    pub fn index_checks(&self) -> Vec<IndexCheck> {
+        self.checks.lock().unwrap().clone()
+    }
+
     /// The current package list.
     pub fn namespace(&self) -> Arc<Namespace> {
         self.namespace.read().unwrap().clone()
@@ -381,19 +435,7 @@ impl Catalog {
     pub fn resolve(&self, spec: &str) -> Result<Vec<Entry>, CatalogError> {
         let ns = self.namespace();
         let spec_t = spec.trim();
-        let matches: Vec<&Entry> = if let Some(prefix) = spec_t.strip_prefix('/') {
-            ns.available()
-                .filter(|e| e.node.hash.starts_with(prefix))
-                .collect()
-        } else {
-            let (name, version) = match spec_t.split_once('@') {
-                Some((n, v)) => (n, Some(v)),
-                None => (spec_t, None),
-            };
-            ns.available()
-                .filter(|e| e.node.name == name && version.is_none_or(|v| e.node.version == v))
-                .collect()
-        };
+        let matches: Vec<&Entry> = ns.available().filter(|e| e.node.answers_to(spec)).collect();
         match matches.len() {
             0 => Err(CatalogError::NoMatch {
                 spec: spec.to_string(),

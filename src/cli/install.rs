@@ -14,6 +14,7 @@ use spackfs::catalog::Catalog;
 use spackfs::config::MirrorConfig;
 use spackfs::install::Limits;
 
+use super::progress::Progress;
 use super::{open_catalog, RemoteArgs};
 
 pub(crate) async fn ls(
@@ -153,7 +154,24 @@ pub(crate) async fn install(
         .map(|h| closure.nodes[h].clone())
         .collect();
     let target = Target::new(root_str, projection, limits);
-    let results = materialise::install_many(catalog.clone(), nodes, target, jobs).await;
+    let progress = Arc::new(Progress::new("installing", nodes.len()));
+    let shown = progress.clone();
+    let report: materialise::Report = Arc::new(move |node, outcome| match outcome {
+        None => shown.working(&node.display()),
+        Some(Ok(Outcome::Installed {
+            prefix, timings, ..
+        })) => shown.done(
+            &node.display(),
+            &format!("installed at {}  ({timings})", prefix.display()),
+        ),
+        Some(Ok(Outcome::AlreadyInstalled { prefix })) => shown.done(
+            &node.display(),
+            &format!("already installed at {}", prefix.display()),
+        ),
+        Some(Err(e)) => shown.failed(&node.display(), &e.to_string()),
+    });
+    let results = materialise::install_many(catalog.clone(), nodes, target, jobs, report).await;
+    progress.finish();
     let mut summary = Summary {
         installed: Vec::new(),
         present: 0,
@@ -171,16 +189,8 @@ pub(crate) async fn install(
                 summary.unpacked_bytes += unpacked_bytes;
                 summary.installed.push((node.display(), prefix, timings));
             }
-            Ok(Outcome::AlreadyInstalled { prefix }) => {
-                tracing::info!(
-                    "{}: already installed at {}",
-                    node.display(),
-                    prefix.display()
-                );
-                summary.present += 1;
-            }
+            Ok(Outcome::AlreadyInstalled { .. }) => summary.present += 1,
             Err(e) => {
-                tracing::error!("{e:#}");
                 let mut src = std::error::Error::source(&e);
                 while let Some(s) = src {
                     tracing::debug!("  caused by: {s}");

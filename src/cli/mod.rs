@@ -4,6 +4,8 @@ mod cache;
 mod demo;
 mod install;
 mod mount;
+mod prefetch;
+mod progress;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -119,6 +121,32 @@ enum Command {
         index_ttl: Duration,
         #[arg(long, default_value = "64GiB")]
         max_unpacked_size: bytesize::ByteSize,
+        /// Serve Prometheus metrics at http://HOST:PORT/metrics (e.g. `127.0.0.1:9400`).
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics_addr: Option<String>,
+    },
+    /// Show what a running mount is doing: mirrors and their health, packages by state,
+    /// cache use, hits and misses, bytes fetched, recent errors. Asks the mount's daemon
+    /// (only the mount's owner and root may).
+    Status {
+        mountpoint: PathBuf,
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Warm a running mount: make packages and their link/run dependencies ready, so that
+    /// a job's first touch costs nothing. Any user who can read the mount may.
+    Prefetch {
+        mountpoint: PathBuf,
+        /// `name`, `name@version` or `/hashprefix`.
+        #[arg(required_unless_present = "from")]
+        specs: Vec<String>,
+        /// Also every package of a Spack environment's lock file (`spack.lock`).
+        #[arg(long, value_name = "SPACK_LOCK")]
+        from: Option<PathBuf>,
+        /// Packages made ready at once.
+        #[arg(long, default_value_t = 8)]
+        jobs: usize,
     },
     /// Inspect and manage the cache of ready prefixes (works with or without a mount).
     Cache {
@@ -457,6 +485,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             retry_after,
             index_ttl,
             max_unpacked_size,
+            metrics_addr,
         } => {
             let cache_dir = cache_dir.unwrap_or_else(mount::default_cache_dir);
             let bound = match cache_size {
@@ -484,6 +513,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 remote: remote.options(),
                 backoff: remote.backoff(),
                 index_ttl,
+                metrics_addr,
             };
             let cfgs = mirror_configs(
                 &mirrors,
@@ -495,6 +525,21 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             mounted.wait_for_signal(signals).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Status { mountpoint, json } => {
+            let status = spackfs::control::socket::status(&mountpoint).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status.render());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Prefetch {
+            mountpoint,
+            specs,
+            from,
+            jobs,
+        } => prefetch::run(&mountpoint, &specs, from.as_deref(), jobs).await,
         Command::Cache { command, cache_dir } => {
             cache::run(command, &cache_dir.unwrap_or_else(mount::default_cache_dir))
         }

@@ -29,6 +29,8 @@ pub(crate) struct MountArgs {
     pub remote: RemoteOptions,
     pub backoff: Backoff,
     pub index_ttl: std::time::Duration,
+    /// Serve Prometheus metrics here (`HOST:PORT`).
+    pub metrics_addr: Option<String>,
 }
 
 /// `/var/cache/spackfs` for root, else `$XDG_CACHE_HOME/spackfs` (or `~/.cache/spackfs`).
@@ -184,8 +186,19 @@ pub(crate) async fn mount(
         tokio::runtime::Handle::current(),
         opts.read_mode,
     );
-    // The fs moves into the session: keep what the observer needs first.
+    // The fs moves into the session: keep what the observer and the control side need.
     let parts = fs.observer_parts();
+    let core = fs.core();
+    // The control socket and the metrics endpoint (before the mount appears, so that a
+    // port in use fails the mount cleanly) are named after the canonical mount point,
+    // which is what `spackfs status` and mountinfo see.
+    let canonical = spackfs::control::socket::canonical_mount_point(&path).unwrap_or(path.clone());
+    if let Some(addr) = &opts.metrics_addr {
+        spackfs::control::metrics::serve(addr, &canonical, live.clone(), core.clone()).await?;
+    }
+    if let Err(e) = spackfs::control::socket::serve(&canonical, live.clone(), core) {
+        tracing::warn!("{e}: `spackfs status` will not reach this mount");
+    }
     let session = spackfs::fs::mount::spawn(fs, &path, opts.threads)?;
     live.set_observer(parts.with_kernel(Box::new(spackfs::fs::fuse::Notifier::new(
         session.notifier(),

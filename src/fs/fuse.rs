@@ -57,6 +57,11 @@ impl SpackFs {
         self.core.read_mode()
     }
 
+    /// The logic behind the adapter (shared), for the mount's status.
+    pub fn core(&self) -> Arc<FsCore> {
+        self.core.clone()
+    }
+
     /// Answer `reply` with `answer` of `work`: at once when it is ready after one poll on
     /// this thread, else from a task on the runtime when it is.
     fn respond<T, R, W, F>(&self, work: W, reply: R, answer: fn(R, Result<T, Errno>))
@@ -210,6 +215,7 @@ impl Filesystem for SpackFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        crate::metrics::global().fuse_op("lookup");
         let name = name.to_os_string();
         self.respond(
             move |core| async move { core.lookup(parent.0, &name).await },
@@ -219,6 +225,7 @@ impl Filesystem for SpackFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        crate::metrics::global().fuse_op("getattr");
         match self.core.getattr(ino.0) {
             Ok(attr) => reply.attr(&TTL, &attr),
             Err(e) => reply.error(e),
@@ -226,6 +233,7 @@ impl Filesystem for SpackFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        crate::metrics::global().fuse_op("readlink");
         match self.core.readlink(ino.0) {
             Ok(target) => reply.data(&target),
             Err(e) => reply.error(e),
@@ -233,6 +241,7 @@ impl Filesystem for SpackFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        crate::metrics::global().fuse_op("open");
         let (fh, opened) = match self.core.open(ino.0, flags.0) {
             Ok(o) => o,
             Err(e) => return reply.error(e),
@@ -279,6 +288,7 @@ impl Filesystem for SpackFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        crate::metrics::global().fuse_op("read");
         match self.core.read(fh.0, offset, size) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(e),
@@ -322,11 +332,13 @@ impl Filesystem for SpackFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        crate::metrics::global().fuse_op("release");
         self.core.release(fh.0);
         reply.ok();
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        crate::metrics::global().fuse_op("opendir");
         self.respond(
             move |core| async move { core.opendir(ino.0).await },
             reply,
@@ -342,6 +354,7 @@ impl Filesystem for SpackFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        crate::metrics::global().fuse_op("readdir");
         let entries = match self.core.readdir(ino.0, fh.0, offset) {
             Ok(e) => e,
             Err(e) => return reply.error(e),
@@ -362,11 +375,13 @@ impl Filesystem for SpackFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        crate::metrics::global().fuse_op("releasedir");
         self.core.releasedir(fh.0);
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        crate::metrics::global().fuse_op("statfs");
         match self.core.statfs() {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, 255, s.frsize,
@@ -376,10 +391,12 @@ impl Filesystem for SpackFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        crate::metrics::global().fuse_op("getxattr");
         answer_xattr(reply, self.core.getxattr(ino.0, name), size);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        crate::metrics::global().fuse_op("listxattr");
         answer_xattr(reply, Ok(self.core.listxattr(ino.0)), size);
     }
 }

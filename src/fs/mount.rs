@@ -42,6 +42,48 @@ pub fn is_mounted(path: &Path) -> bool {
         .any(|m| unescape(m) == want)
 }
 
+/// A mount as /proc/self/mountinfo describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    /// e.g. `fuse.spackfs`.
+    pub fstype: String,
+    pub source: String,
+    /// The per-mount options (`ro,nosuid,nodev,...`).
+    pub mount_options: String,
+    /// The super block options (`user_id=0,group_id=0,allow_other,...` for FUSE).
+    pub super_options: String,
+}
+
+impl MountEntry {
+    /// The user who made a FUSE mount (`user_id=`).
+    pub fn fuse_owner(&self) -> Option<u32> {
+        self.super_options
+            .split(',')
+            .find_map(|o| o.strip_prefix("user_id="))
+            .and_then(|v| v.parse().ok())
+    }
+}
+
+/// The topmost mount at `path`, if `path` is a mount point.
+pub fn mount_at(path: &Path) -> Option<MountEntry> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = path.to_string_lossy();
+    info.lines().rev().find_map(|l| {
+        let (mine, sup) = l.split_once(" - ")?;
+        let mine: Vec<&str> = mine.split(' ').collect();
+        if unescape(mine.get(4)?) != want {
+            return None;
+        }
+        let mut sup = sup.split(' ');
+        Some(MountEntry {
+            fstype: sup.next()?.to_string(),
+            source: unescape(sup.next()?),
+            mount_options: mine.get(5)?.to_string(),
+            super_options: sup.next().unwrap_or("").to_string(),
+        })
+    })
+}
+
 fn unescape(s: &str) -> String {
     s.replace("\\040", " ")
         .replace("\\011", "\t")

@@ -85,6 +85,18 @@ pub enum FailureClass {
     Local,
 }
 
+impl FailureClass {
+    /// The class's name in metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureClass::NotFound => "not_found",
+            FailureClass::Endpoint => "endpoint",
+            FailureClass::Package => "package",
+            FailureClass::Local => "local",
+        }
+    }
+}
+
 impl MirrorError {
     pub fn class(&self) -> FailureClass {
         match self {
@@ -215,8 +227,22 @@ impl Mirror {
         self.absent.lock().unwrap().clear();
     }
 
+    /// A small file (manifest, spec, config) whole, counted in the metrics.
+    pub(crate) async fn get_metadata(
+        &self,
+        path: &str,
+        limit: u64,
+    ) -> Result<Vec<u8>, TransportError> {
+        let asked = Instant::now();
+        let body = self.store.get_bytes(path, limit).await?;
+        let metrics = crate::metrics::global();
+        metrics.fetch_latency(self.url(), "metadata", asked.elapsed());
+        metrics.fetched(self.url(), "metadata", body.len() as u64);
+        Ok(body)
+    }
+
     async fn get_optional(&self, path: &str) -> Result<Option<Vec<u8>>, MirrorError> {
-        match self.store.get_bytes(path, SMALL_LIMIT).await {
+        match self.get_metadata(path, SMALL_LIMIT).await {
             Ok(b) => Ok(Some(b)),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e.into()),
@@ -359,7 +385,7 @@ impl Mirror {
             .find(manifest::MEDIA_SPEC, &what)
             .map_err(|e| self.format_err(e))?
             .clone();
-        let blob = self.store.get_bytes(&spec_rec.path(), SMALL_LIMIT).await?;
+        let blob = self.get_metadata(&spec_rec.path(), SMALL_LIMIT).await?;
         if Sha256::of(&blob) != spec_rec.checksum {
             return Err(MirrorError::Integrity {
                 package: package.to_string(),
@@ -450,7 +476,7 @@ impl Mirror {
         let meta = if self.store.is_registry() {
             self.meta_oci(&package, path).await?
         } else {
-            let raw = self.store.get_bytes(path, SMALL_LIMIT).await?;
+            let raw = self.get_metadata(path, SMALL_LIMIT).await?;
             match lay {
                 Layout::V3 => self.meta_v3(&package, path, raw).await?,
                 Layout::V2 => self.meta_v2(&package, path, raw).await?,

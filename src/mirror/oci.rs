@@ -91,7 +91,7 @@ impl Mirror {
     ) -> Result<PackageMeta, MirrorError> {
         self.require_unsigned(package)?;
         let what = format!("{}/{path}", self.url());
-        let raw = self.store().get_bytes(path, SMALL_LIMIT).await?;
+        let raw = self.get_metadata(path, SMALL_LIMIT).await?;
         let (config, layers) =
             match oci::parse_manifest(&raw, &what).map_err(|e| self.format_err(e))? {
                 OciManifest::Image { config, layers } => (config, layers),
@@ -108,7 +108,7 @@ impl Mirror {
                     // Fetched by digest: the transport checks it.
                     let child = manifest_path(&format!("sha256:{}", entry.manifest.digest));
                     let cwhat = format!("{}/{child}", self.url());
-                    let raw = self.store().get_bytes(&child, SMALL_LIMIT).await?;
+                    let raw = self.get_metadata(&child, SMALL_LIMIT).await?;
                     match oci::parse_manifest(&raw, &cwhat).map_err(|e| self.format_err(e))? {
                         OciManifest::Image { config, layers } => (config, layers),
                         OciManifest::Index { .. } => {
@@ -126,8 +126,7 @@ impl Mirror {
             .expect("parse_manifest refuses no layers");
         let cpath = blob_path(&config.digest);
         let blob = self
-            .store()
-            .get_bytes(&cpath, SMALL_LIMIT.min(config.size.max(1) + 1))
+            .get_metadata(&cpath, SMALL_LIMIT.min(config.size.max(1) + 1))
             .await?;
         if Sha256::of(&blob) != config.digest || blob.len() as u64 != config.size {
             return Err(MirrorError::Integrity {

@@ -143,6 +143,12 @@ impl MirrorSet {
                 Err(e) => e,
             };
             let class = e.class();
+            if class != FailureClass::Local {
+                crate::metrics::global().mirror_error(m.url(), class.label());
+            }
+            if matches!(class, FailureClass::Endpoint | FailureClass::Package) {
+                crate::metrics::global().record_error(&format!("mirror {}: {e}", m.url()));
+            }
             match class {
                 FailureClass::NotFound => m.mark_absent(&node.hash),
                 FailureClass::Endpoint => {

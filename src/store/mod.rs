@@ -551,7 +551,9 @@ impl Store {
                 l.meta.size,
                 l.meta.key
             );
-            crate::metrics::Metrics::inc(&crate::metrics::global().cache_evictions, 1);
+            let metrics = crate::metrics::global();
+            metrics.cache_evictions.inc();
+            metrics.cache_evicted_bytes.inc_by(l.meta.size);
             for hook in self.evict_hooks.lock().unwrap().iter() {
                 hook(&l.meta);
             }
