@@ -1,5 +1,6 @@
 //! Spack build-cache formats, read-only: manifests, spec JSON, the index database, the
-//! `binary_distribution` relocation metadata, layout paths and prefix projections.
+//! `binary_distribution` relocation metadata, layout paths, prefix projections and the
+//! hashes of environment lock files.
 //!
 //! Pure parsing and path computation; no I/O. Every error names the object at fault.
 
@@ -7,6 +8,7 @@ pub mod buildinfo;
 pub mod checksum;
 pub mod index;
 pub mod layout;
+pub mod lockfile;
 pub mod manifest;
 pub mod oci;
 pub mod projection;
