@@ -115,6 +115,9 @@ pub struct Entry {
     pub in_buildcache: bool,
     /// The mirrors whose index lists it as in the build cache.
     pub mirrors: MirrorMask,
+    /// The mirrors whose index lists it as in the build cache but which do not hold its
+    /// metadata file (partial copies): not counted in `mirrors` nor `in_buildcache`.
+    pub lacking: MirrorMask,
 }
 
 /// The merged package list of all mirrors, as of one reading of their indexes.
@@ -131,6 +134,14 @@ impl Namespace {
         self.entries
             .values()
             .filter(|e| e.in_buildcache && !e.node.external)
+    }
+
+    /// Packages some index lists as in the build cache, available or lacking (see
+    /// [`Entry::lacking`]), index order: what `spackfs ls` shows.
+    pub fn indexed(&self) -> impl Iterator<Item = &Entry> {
+        self.entries
+            .values()
+            .filter(|e| (e.in_buildcache || e.lacking != 0) && !e.node.external)
     }
 
     pub fn entry(&self, hash: &str) -> Option<&Entry> {
@@ -174,6 +185,8 @@ struct Source {
     unindexed: bool,
     /// The records came from the index kept on disk (the mirror was unreachable).
     kept: bool,
+    /// Records listed as in the build cache whose metadata file the mirror lacks.
+    lacking: Arc<HashSet<String>>,
 }
 
 /// The packages of the configured mirrors.
@@ -226,11 +239,17 @@ impl Catalog {
                     records: None,
                     unindexed: true,
                     kept: false,
+                    lacking: Arc::default(),
                 };
                 Ok(changed)
             }
-            Ok(IndexRead::Fresh { records, source }) => {
-                let available = records.iter().filter(|r| r.in_buildcache).count();
+            Ok(IndexRead::Fresh {
+                records,
+                source,
+                lacking,
+            }) => {
+                let available = (records.iter().filter(|r| r.in_buildcache).count())
+                    .saturating_sub(lacking.len());
                 tracing::info!(
                     "mirror {}: {available} packages ({source}{})",
                     m.url(),
@@ -240,7 +259,7 @@ impl Catalog {
                         ""
                     }
                 );
-                self.set_records(i, records, false);
+                self.set_records(i, records, false, lacking);
                 Ok(true)
             }
             Err(e) => {
@@ -252,16 +271,26 @@ impl Catalog {
         }
     }
 
-    fn set_records(&self, i: usize, records: Verified<Vec<IndexRecord>>, kept: bool) {
+    fn set_records(
+        &self,
+        i: usize,
+        records: Verified<Vec<IndexRecord>>,
+        kept: bool,
+        lacking: HashSet<String>,
+    ) {
         let recs: Vec<(Arc<SpecNode>, bool)> = records
             .into_inner()
             .into_iter()
-            .map(|r| (Arc::new(r.node), r.in_buildcache))
+            .map(|r| {
+                let in_cache = r.in_buildcache && !lacking.contains(&r.node.hash);
+                (Arc::new(r.node), in_cache)
+            })
             .collect();
         self.sources.lock().unwrap()[i] = Source {
             records: Some(Arc::new(recs)),
             unindexed: false,
             kept,
+            lacking: Arc::new(lacking),
         };
     }
 
@@ -277,11 +306,17 @@ impl Catalog {
             let Some(recs) = &s.records else { continue };
             for (node, in_cache) in recs.iter() {
                 let bit = if *in_cache { 1u64 << i } else { 0 };
+                let lacks = if !s.lacking.is_empty() && s.lacking.contains(&node.hash) {
+                    1u64 << i
+                } else {
+                    0
+                };
                 match entries.get_mut(&node.hash) {
                     // The same hash from two indexes is the same package.
                     Some(e) => {
                         e.in_buildcache |= *in_cache;
                         e.mirrors |= bit;
+                        e.lacking |= lacks;
                     }
                     None => {
                         entries.insert(
@@ -290,6 +325,7 @@ impl Catalog {
                                 node: node.clone(),
                                 in_buildcache: *in_cache,
                                 mirrors: bit,
+                                lacking: lacks,
                             },
                         );
                     }
@@ -304,7 +340,7 @@ impl Catalog {
     pub fn adopt_kept(&self, i: usize, json: &[u8]) -> Result<usize, FormatError> {
         let records = self.set.mirrors()[i].kept_index(json)?;
         let n = records.iter().filter(|r| r.in_buildcache).count();
-        self.set_records(i, records, true);
+        self.set_records(i, records, true, HashSet::new());
         self.rebuild();
         Ok(n)
     }
