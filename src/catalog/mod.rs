@@ -599,6 +599,71 @@ pub struct Closure {
 mod tests {
     use super::*;
 
+    /// A file:// mirror whose index names a package whose manifest is gone (a partial
+    /// copy): the namespace does not offer it, lists it as lacking, and a refresh of the
+    /// unchanged index keeps it so; once the index changes, the listing is made again.
+    #[tokio::test]
+    async fn a_package_whose_manifest_is_absent_is_not_offered() {
+        use crate::writer::{MirrorWriter, NodeDef};
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = MirrorWriter::new(dir.path(), None).unwrap();
+        let a = NodeDef::new("a", "1").to_json();
+        let b = NodeDef::new("b", "2").to_json();
+        w.add_raw(std::slice::from_ref(&a), b"tarball a").unwrap();
+        w.add_raw(std::slice::from_ref(&b), b"tarball b").unwrap();
+        w.finish().unwrap();
+        let (ha, hb) = (a["hash"].as_str().unwrap(), b["hash"].as_str().unwrap());
+        let manifest_b = dir
+            .path()
+            .join(crate::buildcache::layout::v3_spec_manifest("b", "2", hb).unwrap());
+        let saved = std::fs::read(&manifest_b).unwrap();
+        std::fs::remove_file(&manifest_b).unwrap();
+        let store =
+            crate::transport::open(&dir.path().to_string_lossy(), &Default::default()).unwrap();
+        let mirror = Mirror::new(
+            "t",
+            store,
+            TrustPolicy::Unsigned,
+            crate::mirror::Backoff::default(),
+            std::time::Duration::from_secs(60),
+        );
+        let (cat, failed) = Catalog::open(MirrorSet::new(vec![mirror])).await;
+        assert!(failed.is_empty());
+        let check = |cat: &Catalog, lacking: bool| {
+            let ns = cat.namespace();
+            let available: Vec<&str> = ns.available().map(|e| e.node.hash.as_str()).collect();
+            let indexed: Vec<&str> = ns.indexed().map(|e| e.node.hash.as_str()).collect();
+            assert_eq!(indexed, vec![ha, hb]);
+            let e = ns.entry(hb).unwrap();
+            if lacking {
+                assert_eq!(available, vec![ha]);
+                assert!(!e.in_buildcache && e.lacking == 1 && e.mirrors == 0);
+                assert!(cat.resolve("b").is_err());
+            } else {
+                assert_eq!(available, vec![ha, hb]);
+                assert!(e.in_buildcache && e.lacking == 0 && e.mirrors == 1);
+            }
+        };
+        check(&cat, true);
+        assert!(
+            !cat.refresh().await,
+            "an unchanged index changed the namespace"
+        );
+        check(&cat, true);
+        // The manifest is back and the index rewritten (a copy completed): offered again.
+        std::fs::write(&manifest_b, saved).unwrap();
+        let mut w = MirrorWriter::new(dir.path(), None).unwrap();
+        w.add_raw(std::slice::from_ref(&a), b"tarball a").unwrap();
+        w.add_raw(std::slice::from_ref(&b), b"tarball b").unwrap();
+        w.add_raw(&[NodeDef::new("c", "3").to_json()], b"tarball c")
+            .unwrap();
+        w.finish().unwrap();
+        assert!(cat.refresh().await);
+        let ns = cat.namespace();
+        assert_eq!(ns.available().count(), 3);
+        assert_eq!(ns.indexed().count(), 3);
+    }
+
     #[test]
     fn database_json_round_trips_through_the_index_parser() {
         let a = SpecNode::from_json(
