@@ -1,5 +1,6 @@
 //! Spack build-cache formats, read-only: manifests, spec JSON, the index database, the
-//! `binary_distribution` relocation metadata, layout paths and prefix projections.
+//! `binary_distribution` relocation metadata, layout paths, prefix projections and the
+//! hashes of environment lock files.
 //!
 //! Pure parsing and path computation; no I/O. Every error names the object at fault.
 

@@ -56,11 +56,7 @@ pub fn hash_of_tag(tag: &str) -> Option<&str> {
     }
     let stem = tag.strip_suffix(".spack")?;
     let (_, hash) = stem.rsplit_once('-')?;
-    (hash.len() == 32
-        && hash
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b)))
-    .then_some(hash)
+    super::spec::is_dag_hash(hash).then_some(hash)
 }
 
 /// A content descriptor: a blob's media type, digest and size.

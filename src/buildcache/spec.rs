@@ -190,6 +190,13 @@ pub fn compiler_of<'a>(
     })
 }
 
+/// Is `s` a full Spack DAG hash: 32 characters of Spack's base32 alphabet (`a-z`, `2-7`)?
+pub fn is_dag_hash(s: &str) -> bool {
+    s.len() == 32
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b))
+}
+
 /// The first 7 characters of a DAG hash.
 pub fn short_hash(hash: &str) -> &str {
     hash.get(..7).unwrap_or(hash)

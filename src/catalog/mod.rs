@@ -115,6 +115,9 @@ pub struct Entry {
     pub in_buildcache: bool,
     /// The mirrors whose index lists it as in the build cache.
     pub mirrors: MirrorMask,
+    /// The mirrors whose index lists it as in the build cache but which do not hold its
+    /// metadata file (partial copies): not counted in `mirrors` nor `in_buildcache`.
+    pub lacking: MirrorMask,
 }
 
 /// The merged package list of all mirrors, as of one reading of their indexes.
@@ -131,6 +134,14 @@ impl Namespace {
         self.entries
             .values()
             .filter(|e| e.in_buildcache && !e.node.external)
+    }
+
+    /// Packages some index lists as in the build cache, available or lacking (see
+    /// [`Entry::lacking`]), index order: what `spackfs ls` shows.
+    pub fn indexed(&self) -> impl Iterator<Item = &Entry> {
+        self.entries
+            .values()
+            .filter(|e| (e.in_buildcache || e.lacking != 0) && !e.node.external)
     }
 
     pub fn entry(&self, hash: &str) -> Option<&Entry> {
@@ -174,6 +185,8 @@ struct Source {
     unindexed: bool,
     /// The records came from the index kept on disk (the mirror was unreachable).
     kept: bool,
+    /// Records listed as in the build cache whose metadata file the mirror lacks.
+    lacking: Arc<HashSet<String>>,
 }
 
 /// What the last reads of one mirror's index found, for `spackfs status` and metrics.
@@ -239,7 +252,9 @@ impl Catalog {
                     c.error = None;
                     c.kept = false;
                     match r {
-                        IndexRead::Fresh { records, source } => {
+                        IndexRead::Fresh {
+                            records, source, ..
+                        } => {
                             c.source = Some(*source);
                             c.packages = records.iter().filter(|r| r.in_buildcache).count();
                         }
@@ -270,11 +285,17 @@ impl Catalog {
                     records: None,
                     unindexed: true,
                     kept: false,
+                    lacking: Arc::default(),
                 };
                 Ok(changed)
             }
-            Ok(IndexRead::Fresh { records, source }) => {
-                let available = records.iter().filter(|r| r.in_buildcache).count();
+            Ok(IndexRead::Fresh {
+                records,
+                source,
+                lacking,
+            }) => {
+                let available = (records.iter().filter(|r| r.in_buildcache).count())
+                    .saturating_sub(lacking.len());
                 tracing::info!(
                     "mirror {}: {available} packages ({source}{})",
                     m.url(),
@@ -284,7 +305,7 @@ impl Catalog {
                         ""
                     }
                 );
-                self.set_records(i, records, false);
+                self.set_records(i, records, false, lacking);
                 Ok(true)
             }
             Err(e) => {
@@ -296,16 +317,26 @@ impl Catalog {
         }
     }
 
-    fn set_records(&self, i: usize, records: Verified<Vec<IndexRecord>>, kept: bool) {
+    fn set_records(
+        &self,
+        i: usize,
+        records: Verified<Vec<IndexRecord>>,
+        kept: bool,
+        lacking: HashSet<String>,
+    ) {
         let recs: Vec<(Arc<SpecNode>, bool)> = records
             .into_inner()
             .into_iter()
-            .map(|r| (Arc::new(r.node), r.in_buildcache))
+            .map(|r| {
+                let in_cache = r.in_buildcache && !lacking.contains(&r.node.hash);
+                (Arc::new(r.node), in_cache)
+            })
             .collect();
         self.sources.lock().unwrap()[i] = Source {
             records: Some(Arc::new(recs)),
             unindexed: false,
             kept,
+            lacking: Arc::new(lacking),
         };
     }
 
@@ -321,11 +352,17 @@ impl Catalog {
             let Some(recs) = &s.records else { continue };
             for (node, in_cache) in recs.iter() {
                 let bit = if *in_cache { 1u64 << i } else { 0 };
+                let lacks = if !s.lacking.is_empty() && s.lacking.contains(&node.hash) {
+                    1u64 << i
+                } else {
+                    0
+                };
                 match entries.get_mut(&node.hash) {
                     // The same hash from two indexes is the same package.
                     Some(e) => {
                         e.in_buildcache |= *in_cache;
                         e.mirrors |= bit;
+                        e.lacking |= lacks;
                     }
                     None => {
                         entries.insert(
@@ -334,6 +371,7 @@ impl Catalog {
                                 node: node.clone(),
                                 in_buildcache: *in_cache,
                                 mirrors: bit,
+                                lacking: lacks,
                             },
                         );
                     }
@@ -353,7 +391,7 @@ impl Catalog {
             checks[i].kept = true;
             checks[i].packages = n;
         }
-        self.set_records(i, records, true);
+        self.set_records(i, records, true, HashSet::new());
         self.rebuild();
         Ok(n)
     }
@@ -604,6 +642,71 @@ pub struct Closure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file:// mirror whose index names a package whose manifest is gone (a partial
+    /// copy): the namespace does not offer it, lists it as lacking, and a refresh of the
+    /// unchanged index keeps it so; once the index changes, the listing is made again.
+    #[tokio::test]
+    async fn a_package_whose_manifest_is_absent_is_not_offered() {
+        use crate::writer::{MirrorWriter, NodeDef};
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = MirrorWriter::new(dir.path(), None).unwrap();
+        let a = NodeDef::new("a", "1").to_json();
+        let b = NodeDef::new("b", "2").to_json();
+        w.add_raw(std::slice::from_ref(&a), b"tarball a").unwrap();
+        w.add_raw(std::slice::from_ref(&b), b"tarball b").unwrap();
+        w.finish().unwrap();
+        let (ha, hb) = (a["hash"].as_str().unwrap(), b["hash"].as_str().unwrap());
+        let manifest_b = dir
+            .path()
+            .join(crate::buildcache::layout::v3_spec_manifest("b", "2", hb).unwrap());
+        let saved = std::fs::read(&manifest_b).unwrap();
+        std::fs::remove_file(&manifest_b).unwrap();
+        let store =
+            crate::transport::open(&dir.path().to_string_lossy(), &Default::default()).unwrap();
+        let mirror = Mirror::new(
+            "t",
+            store,
+            TrustPolicy::Unsigned,
+            crate::mirror::Backoff::default(),
+            std::time::Duration::from_secs(60),
+        );
+        let (cat, failed) = Catalog::open(MirrorSet::new(vec![mirror])).await;
+        assert!(failed.is_empty());
+        let check = |cat: &Catalog, lacking: bool| {
+            let ns = cat.namespace();
+            let available: Vec<&str> = ns.available().map(|e| e.node.hash.as_str()).collect();
+            let indexed: Vec<&str> = ns.indexed().map(|e| e.node.hash.as_str()).collect();
+            assert_eq!(indexed, vec![ha, hb]);
+            let e = ns.entry(hb).unwrap();
+            if lacking {
+                assert_eq!(available, vec![ha]);
+                assert!(!e.in_buildcache && e.lacking == 1 && e.mirrors == 0);
+                assert!(cat.resolve("b").is_err());
+            } else {
+                assert_eq!(available, vec![ha, hb]);
+                assert!(e.in_buildcache && e.lacking == 0 && e.mirrors == 1);
+            }
+        };
+        check(&cat, true);
+        assert!(
+            !cat.refresh().await,
+            "an unchanged index changed the namespace"
+        );
+        check(&cat, true);
+        // The manifest is back and the index rewritten (a copy completed): offered again.
+        std::fs::write(&manifest_b, saved).unwrap();
+        let mut w = MirrorWriter::new(dir.path(), None).unwrap();
+        w.add_raw(std::slice::from_ref(&a), b"tarball a").unwrap();
+        w.add_raw(std::slice::from_ref(&b), b"tarball b").unwrap();
+        w.add_raw(&[NodeDef::new("c", "3").to_json()], b"tarball c")
+            .unwrap();
+        w.finish().unwrap();
+        assert!(cat.refresh().await);
+        let ns = cat.namespace();
+        assert_eq!(ns.available().count(), 3);
+        assert_eq!(ns.indexed().count(), 3);
+    }
 
     #[test]
     fn database_json_round_trips_through_the_index_parser() {

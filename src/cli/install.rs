@@ -27,17 +27,43 @@ pub(crate) async fn ls(
     let projection = Projection::new(projection)?;
     let mut rows = Vec::new();
     let ns = catalog.namespace();
-    // Every package's verified metadata (size, signer), 16 requests at a time.
+    // Every package's verified metadata (size, signer), 16 requests at a time. Packages
+    // the index lists but the mirror lacks (a partial copy) are shown as missing.
     let several = catalog.set().len() > 1;
-    let metas: Vec<_> = futures::stream::iter(ns.available().map(|e| {
+    let metas: Vec<_> = futures::stream::iter(ns.indexed().map(|e| {
         let catalog = &catalog;
-        async move { (e, catalog.meta(&e.node).await) }
+        async move {
+            let meta = match e.in_buildcache {
+                true => Some(catalog.meta(&e.node).await),
+                false => None,
+            };
+            (e, meta)
+        }
     }))
     .buffered(16)
     .collect()
     .await;
+    let mut missing = 0;
     for (e, meta) in metas {
         let node = &e.node;
+        let Some(meta) = meta else {
+            missing += 1;
+            let mut row = vec![
+                node.name.clone(),
+                node.version.clone(),
+                short_hash(&node.hash).to_string(),
+                Catalog::prefix_of(root, &projection, node, None)?
+                    .display()
+                    .to_string(),
+                "-".into(),
+                MISSING.into(),
+            ];
+            if several {
+                row.push(String::new());
+            }
+            rows.push(row);
+            continue;
+        };
         let (prefix, size, signer, mirror) = match meta.map(|m| m.into_inner()) {
             Ok(m) => (
                 Catalog::prefix_of(root, &projection, node, Some(&m.dag))?,
@@ -68,8 +94,17 @@ pub(crate) async fn ls(
         rows.push(row);
     }
     print_table(&rows);
+    if missing > 0 {
+        println!(
+            "{MISSING}: {missing} of {} indexed package(s): the index lists them, but the mirror does not hold their metadata (a partial copy?)",
+            rows.len()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
+
+/// How `spackfs ls` marks a package that a (partial) copy of a mirror lacks.
+const MISSING: &str = "MISSING";
 
 /// Print rows as aligned columns (the fifth, a size, right-aligned; the last unpadded).
 fn print_table(rows: &[Vec<String>]) {

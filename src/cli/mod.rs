@@ -1,6 +1,7 @@
 //! Command-line verbs. `anyhow` lives here only.
 
 mod cache;
+mod copy;
 mod demo;
 mod install;
 mod mount;
@@ -148,6 +149,11 @@ enum Command {
         #[arg(long, default_value_t = 8)]
         jobs: usize,
     },
+    /// Work with mirrors themselves.
+    Mirror {
+        #[command(subcommand)]
+        command: MirrorCommand,
+    },
     /// Inspect and manage the cache of ready prefixes (works with or without a mount).
     Cache {
         #[command(subcommand)]
@@ -161,6 +167,34 @@ enum Command {
         /// Keep the demo's files in this directory instead of a temporary one.
         #[arg(long)]
         workdir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum MirrorCommand {
+    /// Copy packages and their link/run dependencies from MIRROR into DEST, byte for byte
+    /// and verified (signatures, sha256) as they are copied, with the mirror's index and
+    /// public keys: DEST is then a file:// mirror for spackfs and Spack (air-gapped
+    /// seeding). Running it again copies only what is missing.
+    Copy {
+        /// The mirror: a `file://` URL, a path, an `http(s)://` or `s3://` URL, or a
+        /// mirrors.yaml listing one mirror.
+        mirror: String,
+        /// The directory to copy into (created if needed).
+        dest: PathBuf,
+        /// `name`, `name@version` or `/hashprefix`.
+        #[arg(required_unless_present = "from")]
+        specs: Vec<String>,
+        /// Copy the packages of this Spack environment lock file (its `concrete_specs`).
+        #[arg(long, value_name = "SPACK_LOCK")]
+        from: Option<PathBuf>,
+        #[command(flatten)]
+        trust: TrustArgs,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        /// Packages copied at a time.
+        #[arg(long, default_value_t = 4)]
+        jobs: usize,
     },
 }
 
@@ -540,6 +574,21 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             from,
             jobs,
         } => prefetch::run(&mountpoint, &specs, from.as_deref(), jobs).await,
+        Command::Mirror {
+            command:
+                MirrorCommand::Copy {
+                    mirror,
+                    dest,
+                    specs,
+                    from,
+                    trust,
+                    remote,
+                    jobs,
+                },
+        } => {
+            let cfgs = mirror_configs(&[mirror], &trust, "/user-environment")?;
+            copy::copy(&cfgs, &remote, &dest, &specs, from.as_deref(), jobs).await
+        }
         Command::Cache { command, cache_dir } => {
             cache::run(command, &cache_dir.unwrap_or_else(mount::default_cache_dir))
         }

@@ -5,7 +5,7 @@
 //! blobs are read as a stream (hashed, inflated when gzipped and parsed in one pass) and
 //! never cut short. A refresh costs one conditional request per part when nothing changed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 
 use futures::StreamExt;
@@ -18,7 +18,7 @@ use crate::buildcache::manifest::{self, Manifest};
 use crate::install::hashing::HashingReader;
 use crate::transport::{self, pump, ByteStream, Conditional, TransportError};
 
-const V2_INDEX_HASH: &str = "build_cache/index.json.hash";
+pub(super) const V2_INDEX_HASH: &str = "build_cache/index.json.hash";
 
 /// What the last successful read saw, for conditional refreshes.
 #[derive(Debug, Default)]
@@ -69,6 +69,9 @@ pub enum IndexRead {
     Fresh {
         records: Verified<Vec<IndexRecord>>,
         source: IndexSource,
+        /// Hashes the index lists as in the build cache whose metadata file the mirror
+        /// does not hold (a partial copy); see [`Mirror::lacking`].
+        lacking: HashSet<String>,
     },
     /// No index, and the protocol cannot list: packages are looked up directly.
     Unlisted,
@@ -222,13 +225,82 @@ impl Mirror {
                 }
             }
         }
+        let lacking = self
+            .lacking(
+                &records,
+                source != IndexSource::V2,
+                source != IndexSource::V3,
+            )
+            .await;
         *self.index_state.lock().unwrap() = state;
         self.clear_absent();
         // Every part's checksum (and signature, when signed) matched.
         Ok(IndexRead::Fresh {
             records: Verified::new(records),
             source,
+            lacking,
         })
+    }
+
+    /// The packages `records` list as in the build cache whose metadata file this mirror
+    /// does not hold (a partial copy: they would fail at first touch), looked up in the
+    /// layouts whose index was read (`v3`, `v2`). One listing of the manifest folders
+    /// (O(packages), no request per package), on transports that list cheaply (file://)
+    /// only; elsewhere, or when the listing fails, nothing is reported lacking.
+    async fn lacking(&self, records: &[IndexRecord], v3: bool, v2: bool) -> HashSet<String> {
+        if !self.store().lists_cheaply() {
+            return HashSet::new();
+        }
+        let list = |prefix: &'static str| async move {
+            match self.store().list(prefix).await {
+                Ok(paths) => Some(paths.unwrap_or_default()),
+                Err(e) => {
+                    tracing::warn!(
+                        "mirror {}: cannot list {prefix} to find the packages it lacks: {e}",
+                        self.url()
+                    );
+                    None
+                }
+            }
+        };
+        let v3_paths: HashSet<String> = match v3 {
+            true => match list(layout::V3_SPEC_DIR).await {
+                Some(paths) => paths.into_iter().collect(),
+                None => return HashSet::new(),
+            },
+            false => HashSet::new(),
+        };
+        let v2_hashes: HashSet<String> = match v2 {
+            true => match list(layout::V2_DIR).await {
+                Some(paths) => paths
+                    .iter()
+                    .filter_map(|p| layout::parse_v2_spec_file(p).map(|(h, _)| h))
+                    .collect(),
+                None => return HashSet::new(),
+            },
+            false => HashSet::new(),
+        };
+        let lacking: HashSet<String> = records
+            .iter()
+            .filter(|r| r.in_buildcache)
+            .filter(|r| {
+                let n = &r.node;
+                let in_v3 = v3
+                    && layout::v3_spec_manifest(&n.name, &n.version, &n.hash)
+                        .is_ok_and(|p| v3_paths.contains(&p));
+                let in_v2 = v2 && v2_hashes.contains(&n.hash);
+                !(in_v3 || in_v2)
+            })
+            .map(|r| r.node.hash.clone())
+            .collect();
+        if !lacking.is_empty() {
+            tracing::warn!(
+                "mirror {}: {} package(s) its index lists have no metadata file here (a partial copy?): they are not offered",
+                self.url(),
+                lacking.len()
+            );
+        }
+        lacking
     }
 
     pub(super) fn index_err(&self, message: impl Into<String>) -> MirrorError {
@@ -252,7 +324,28 @@ impl Mirror {
             Ok(Conditional::Changed { stream, validator }) => (stream, validator),
         };
         let raw = transport::collect(stream, SMALL_LIMIT, self.url(), path).await?;
-        let what = format!("{}/{path}", self.url());
+        let rec = self.index_manifest_record(raw)?;
+        let checksum = rec.checksum;
+        if last_checksum == Some(checksum) {
+            // A new manifest for the same blob: remember its validator only.
+            self.index_state.lock().unwrap().v3_validator = validator;
+            return Ok(Part::Same);
+        }
+        Ok(Part::Changed(Changed {
+            validator,
+            blob_path: rec.path(),
+            size: Some(rec.content_length),
+            checksum: Some(checksum),
+            body: None,
+        }))
+    }
+
+    /// The index blob record of the v3 index manifest `raw` (checked as a mount checks it).
+    pub(super) fn index_manifest_record(
+        &self,
+        raw: Vec<u8>,
+    ) -> Result<manifest::BlobRecord, MirrorError> {
+        let what = format!("{}/{}", self.url(), layout::V3_INDEX_MANIFEST);
         // Spack never signs the index manifest; a signed one is checked like a spec
         // manifest, and a bad signature makes the whole index untrusted.
         let text = if manifest::is_clearsigned(&raw) {
@@ -275,22 +368,22 @@ impl Mirror {
             raw
         };
         let man = Manifest::parse(&text, &what).map_err(|e| self.index_err(e.to_string()))?;
-        let rec = man
-            .find(manifest::MEDIA_INDEX, &what)
-            .map_err(|e| self.index_err(e.to_string()))?;
-        let checksum = rec.checksum;
-        if last_checksum == Some(checksum) {
-            // A new manifest for the same blob: remember its validator only.
-            self.index_state.lock().unwrap().v3_validator = validator;
-            return Ok(Part::Same);
-        }
-        Ok(Part::Changed(Changed {
-            validator,
-            blob_path: rec.path(),
-            size: Some(rec.content_length),
-            checksum: Some(checksum),
-            body: None,
-        }))
+        man.find(manifest::MEDIA_INDEX, &what)
+            .cloned()
+            .map_err(|e| self.index_err(e.to_string()))
+    }
+
+    /// The sha256 a v2 `index.json.hash` holds.
+    pub(super) fn v2_index_hash(&self, raw: &[u8]) -> Result<Sha256, MirrorError> {
+        // The hash file may end with a newline: read 64 hex digits.
+        let text = String::from_utf8_lossy(raw);
+        let text = text.trim();
+        Sha256::parse(text).ok_or_else(|| {
+            self.index_err(format!(
+                "{V2_INDEX_HASH} does not hold a sha256 ({:?})",
+                text.chars().take(80).collect::<String>()
+            ))
+        })
     }
 
     /// The v2 `index.json` (via `index.json.hash` when there is one), conditionally.
@@ -303,15 +396,7 @@ impl Mirror {
             Ok(Conditional::Unchanged) => return Ok(Part::Same),
             Ok(Conditional::Changed { stream, validator }) => {
                 let raw = transport::collect(stream, 4096, self.url(), V2_INDEX_HASH).await?;
-                // The hash file may end with a newline: read 64 hex digits.
-                let text = String::from_utf8_lossy(&raw);
-                let text = text.trim();
-                let Some(sum) = Sha256::parse(text) else {
-                    return Err(self.index_err(format!(
-                        "{V2_INDEX_HASH} does not hold a sha256 ({:?})",
-                        text.chars().take(80).collect::<String>()
-                    )));
-                };
+                let sum = self.v2_index_hash(&raw)?;
                 if last_checksum == Some(sum) {
                     self.index_state.lock().unwrap().v2_validator = validator;
                     return Ok(Part::Same);
@@ -509,6 +594,7 @@ impl Mirror {
         Ok(IndexRead::Fresh {
             records: Verified::new(records),
             source: IndexSource::Listing,
+            lacking: HashSet::new(),
         })
     }
 }

@@ -1,8 +1,10 @@
 //! One mirror: a transport plus its layout (URL v3, v2) and its trust policy. It answers
 //! "the index" ([`index`]), "the verified metadata of package H" and "the tarball blob of
 //! that metadata", keeps its health ([`health`]) and what it is known not to hold (a
-//! negative cache for direct lookups). [`set::MirrorSet`] orders mirrors and fails over.
+//! negative cache for direct lookups). [`set::MirrorSet`] orders mirrors and fails over;
+//! [`copy`] copies packages of one mirror into a directory, byte for byte.
 
+pub mod copy;
 pub mod health;
 pub mod index;
 pub mod oci;
@@ -133,6 +135,26 @@ impl PackageMeta {
     pub fn node(&self) -> &SpecNode {
         self.dag.root_node()
     }
+}
+
+/// The metadata files of one package exactly as a mirror stores them, read and checked
+/// together with its [`PackageMeta`] (for a byte-for-byte copy of the package).
+#[derive(Debug, Clone)]
+pub struct StoredFiles {
+    /// Mirror-relative path of the v3 manifest or the v2 spec file.
+    pub manifest_path: String,
+    /// Its bytes as read (clearsigned or not): the text whose signature was checked.
+    pub manifest: Vec<u8>,
+    /// The spec blob a v3 manifest names, as read (it matched the manifest's sha256).
+    pub spec_blob: Option<SpecBlob>,
+}
+
+/// A v3 spec blob as read from a mirror.
+#[derive(Debug, Clone)]
+pub struct SpecBlob {
+    pub path: String,
+    pub sha256: Sha256,
+    pub bytes: Vec<u8>,
 }
 
 /// One configured mirror.
@@ -311,6 +333,35 @@ impl Mirror {
             };
             return self.bind(node, meta);
         }
+        let (meta, _) = self.read_meta(node, compiler).await?;
+        self.bind(node, meta)
+    }
+
+    /// The verified metadata of a package together with its metadata files as stored
+    /// (the same bytes that were verified), for copying the package byte for byte. URL
+    /// layouts only: an OCI registry holds images, not files.
+    pub async fn package_files(
+        &self,
+        node: &SpecNode,
+        compiler: Option<&(String, String)>,
+    ) -> Result<Verified<(PackageMeta, StoredFiles)>, MirrorError> {
+        if self.store.is_registry() {
+            return Err(self.format_err(FormatError::invalid(
+                node.display(),
+                "an OCI registry holds images, not build cache files",
+            )));
+        }
+        let (meta, files) = self.read_meta(node, compiler).await?;
+        let meta = self.bind(node, meta)?;
+        Ok(Verified::new((meta.into_inner(), files)))
+    }
+
+    /// Read (and check) the metadata of a package in a URL layout: v3 first, then v2.
+    async fn read_meta(
+        &self,
+        node: &SpecNode,
+        compiler: Option<&(String, String)>,
+    ) -> Result<(PackageMeta, StoredFiles), MirrorError> {
         // Only where the index says (no probing of the other layout for a listed package).
         let hint = self.index_state.lock().unwrap().hint(&node.hash);
         let path = layout::v3_spec_manifest(&node.name, &node.version, &node.hash)
@@ -319,25 +370,36 @@ impl Mirror {
             index::LayoutHint::V2Only => None,
             _ => self.get_optional(&path).await?,
         };
-        let meta = match v3 {
-            Some(raw) => self.meta_v3(&node.display(), &path, raw).await?,
-            None if hint == index::LayoutHint::V3Only => {
-                return Err(MirrorError::NotInMirror {
+        match v3 {
+            Some(raw) => {
+                let (meta, blob) = self.meta_v3(&node.display(), &path, raw.clone()).await?;
+                let files = StoredFiles {
+                    manifest_path: path,
+                    manifest: raw,
+                    spec_blob: Some(blob),
+                };
+                Ok((meta, files))
+            }
+            None if hint == index::LayoutHint::V3Only => Err(MirrorError::NotInMirror {
+                package: node.display(),
+                mirror: self.url().to_string(),
+            }),
+            None => match self.find_v2(node, compiler).await? {
+                Some((path, raw)) => {
+                    let meta = self.meta_v2(&node.display(), &path, raw.clone()).await?;
+                    let files = StoredFiles {
+                        manifest_path: path,
+                        manifest: raw,
+                        spec_blob: None,
+                    };
+                    Ok((meta, files))
+                }
+                None => Err(MirrorError::NotInMirror {
                     package: node.display(),
                     mirror: self.url().to_string(),
-                })
-            }
-            None => match self.find_v2(node, compiler).await? {
-                Some((path, raw)) => self.meta_v2(&node.display(), &path, raw).await?,
-                None => {
-                    return Err(MirrorError::NotInMirror {
-                        package: node.display(),
-                        mirror: self.url().to_string(),
-                    })
-                }
+                }),
             },
-        };
-        self.bind(node, meta)
+        }
     }
 
     /// The signed metadata must describe the package it was fetched for: then it is
@@ -371,7 +433,7 @@ impl Mirror {
         package: &str,
         path: &str,
         raw: Vec<u8>,
-    ) -> Result<PackageMeta, MirrorError> {
+    ) -> Result<(PackageMeta, SpecBlob), MirrorError> {
         let what = format!("manifest {path}");
         let t = Instant::now();
         let (text, signer) = self.trusted_text(package, raw, &what)?;
@@ -394,9 +456,14 @@ impl Mirror {
             });
         }
         let swhat = format!("spec blob {}", spec_rec.path());
-        let blob = maybe_gunzip(blob, &swhat).map_err(|e| self.format_err(e))?;
-        let dag = SpecDag::parse(&blob, &swhat).map_err(|e| self.format_err(e))?;
-        Ok(PackageMeta {
+        let stored = SpecBlob {
+            path: spec_rec.path(),
+            sha256: spec_rec.checksum,
+            bytes: blob,
+        };
+        let json = maybe_gunzip(stored.bytes.clone(), &swhat).map_err(|e| self.format_err(e))?;
+        let dag = SpecDag::parse(&json, &swhat).map_err(|e| self.format_err(e))?;
+        let meta = PackageMeta {
             dag,
             layout: Layout::V3,
             tarball_path: tarball.path(),
@@ -405,7 +472,8 @@ impl Mirror {
             signer,
             verify_time,
             mirror: self.url().to_string(),
-        })
+        };
+        Ok((meta, stored))
     }
 
     /// The v2 spec file of a package: where a listing found it, else by its computed name
@@ -478,7 +546,7 @@ impl Mirror {
         } else {
             let raw = self.get_metadata(path, SMALL_LIMIT).await?;
             match lay {
-                Layout::V3 => self.meta_v3(&package, path, raw).await?,
+                Layout::V3 => self.meta_v3(&package, path, raw).await?.0,
                 Layout::V2 => self.meta_v2(&package, path, raw).await?,
             }
         };

@@ -77,6 +77,7 @@ impl Mirror {
             IndexRead::Fresh {
                 records: super::Verified::new(records),
                 source: IndexSource::Oci,
+                lacking: Default::default(),
             },
             validator,
             Some(sum),
@@ -337,7 +338,9 @@ mod tests {
             assert_eq!(meta.signer, None);
             // Without an index image, the tags list the package.
             match m.read_index().await.expect("listing") {
-                IndexRead::Fresh { records, source } => {
+                IndexRead::Fresh {
+                    records, source, ..
+                } => {
                     assert_eq!(source, IndexSource::Listing);
                     assert!(records
                         .iter()

@@ -140,6 +140,10 @@ impl BlobStore for FileStore {
         }
     }
 
+    fn lists_cheaply(&self) -> bool {
+        true
+    }
+
     async fn list(&self, prefix: &str) -> Result<Option<Vec<String>>, TransportError> {
         if !self.root.is_dir() {
             return Err(self.not_found(prefix));

@@ -199,6 +199,12 @@ pub trait BlobStore: Send + Sync {
     /// `None` when the protocol cannot list (plain HTTP).
     async fn list(&self, prefix: &str) -> Result<Option<Vec<String>>, TransportError>;
 
+    /// Is [`BlobStore::list`] cheap enough to run on every index read (a local directory
+    /// walk, not paginated requests)?
+    fn lists_cheaply(&self) -> bool {
+        false
+    }
+
     /// Is this an OCI registry (paths are `manifests/REF`, `blobs/DIGEST`; listing `tags`)?
     fn is_registry(&self) -> bool {
         false
