@@ -216,6 +216,7 @@ pub async fn run(workdir: Option<PathBuf>) -> Result<ExitCode> {
         remote: Default::default(),
         backoff: Default::default(),
         index_ttl: std::time::Duration::from_secs(600),
+        access: Default::default(),
     };
     println!(
         "==> mounting it at {} (nothing is fetched yet)",
