@@ -24,11 +24,12 @@ pub enum MountError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot mount at {path}: {source}{hint}")]
+    /// The cause is shown inline, before the hint, and is not also a `source` (which
+    /// would repeat it after the hint in `{:#}` chains).
+    #[error("cannot mount at {path}: {cause}{hint}")]
     Mount {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
         hint: String,
     },
     #[error("the mount at {path} does not answer after {waited:?}: {last}")]
@@ -227,7 +228,7 @@ pub fn spawn(
         let hint = refusal_hint(&source, cfg.acl == SessionACL::All);
         MountError::Mount {
             path: path.to_path_buf(),
-            source,
+            cause: source,
             hint,
         }
     })
