@@ -217,6 +217,7 @@ pub async fn run(workdir: Option<PathBuf>) -> Result<ExitCode> {
         backoff: Default::default(),
         index_ttl: std::time::Duration::from_secs(600),
         metrics_addr: None,
+        access: Default::default(),
     };
     println!(
         "==> mounting it at {} (nothing is fetched yet)",

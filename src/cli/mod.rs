@@ -2,12 +2,16 @@
 
 mod cache;
 mod copy;
+mod daemon;
 mod demo;
+mod helper;
 mod install;
 mod mount;
 mod prefetch;
 mod progress;
+mod service;
 
+use std::fs::File;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -18,6 +22,7 @@ use clap::{Args, Parser, Subcommand};
 use spackfs::buildcache::projection::DEFAULT_PROJECTION;
 use spackfs::catalog::{Catalog, TrustPolicy};
 use spackfs::config::{MirrorConfig, Support};
+use spackfs::fs::mount::Access;
 use spackfs::fs::ReadMode;
 use spackfs::install::Limits;
 use spackfs::mirror::set::{MirrorSet, MAX_MIRRORS};
@@ -80,8 +85,18 @@ enum Command {
         specs: Vec<String>,
     },
     /// Mount mirrors: every package appears installed under MOUNTPOINT, fetched on first
-    /// touch from the first mirror that serves it. Runs in the foreground; SIGTERM or
-    /// SIGINT unmounts and exits.
+    /// touch from the first mirror that serves it. Runs in the foreground (the systemd
+    /// mode: `Type=notify` is told READY=1 once the mount answers); SIGTERM or SIGINT
+    /// unmounts and exits, and so does an unmount from outside (`umount MOUNTPOINT`).
+    ///
+    /// As a mount helper (`mount -t fuse.spackfs SRC MOUNTPOINT -o OPTS`, through
+    /// mount.fuse3, which runs `spackfs SRC MOUNTPOINT -o OPTS`) spackfs daemonises once the
+    /// mount answers. OPTS are this command's flags with `_` for `-` (`cache_dir=D`,
+    /// `key=F` (repeatable), `unsigned`, `allow_other`…), plus `config=FILE` (mirrors, SRC
+    /// then being a label), `log=FILE` and `log_level=FILTER`; `ro` and mount(8)'s generic
+    /// options are accepted, `rw` and unknown options are errors. The daemon logs to
+    /// `log=FILE`, else to the journal when /run/systemd/journal/socket exists, else to
+    /// `<cache dir>/spackfs.log`.
     Mount {
         /// Mirrors, in order: `file://` URLs, paths, `http(s)://` URLs or mirrors.yaml files.
         #[arg(required = true, num_args = 1..)]
@@ -125,6 +140,13 @@ enum Command {
         /// Serve Prometheus metrics at http://HOST:PORT/metrics (e.g. `127.0.0.1:9400`).
         #[arg(long, value_name = "HOST:PORT")]
         metrics_addr: Option<String>,
+        /// Let every user use the mount (the default as root; other users need
+        /// `user_allow_other` in /etc/fuse.conf).
+        #[arg(long, conflicts_with = "allow_root")]
+        allow_other: bool,
+        /// Let root use the mount besides the mounting user.
+        #[arg(long)]
+        allow_root: bool,
     },
     /// Show what a running mount is doing: mirrors and their health, packages by state,
     /// cache use, hits and misses, bytes fetched, recent errors. Asks the mount's daemon
@@ -438,33 +460,163 @@ pub(crate) async fn open_catalog(cfgs: &[MirrorConfig], remote: &RemoteArgs) -> 
 }
 
 pub fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SPACKFS_LOG")
-                // fuser warns "Unmount failed" whenever the mount was already unmounted
-                // from outside (`umount`, `fusermount3 -u`), which is how admins stop a
-                // mount; this program logs the unmount itself.
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fuser::mnt=error")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
-    let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(call) = helper::detect(&argv) {
+        return helper_main(&call);
+    }
+    if let Err(e) = init_logging(&helper::LogSink::Stderr, None, None) {
+        eprintln!("error: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    execute(Cli::parse(), service::Lifecycle::new(None))
+}
+
+/// `spackfs SRC MOUNTPOINT -o OPTS` (from mount.fuse3): check the options, fork before any
+/// thread exists, mount in the detached child; the parent exits once the mount answers.
+fn helper_main(call: &helper::HelperCall) -> ExitCode {
+    let checked = call.translate().and_then(|t| {
+        let cli = Cli::try_parse_from(&t.argv).map_err(|e| {
+            let shown = e.render().to_string();
+            let first = shown.lines().next().unwrap_or_default();
+            anyhow::anyhow!(
+                "in the mount options: {}",
+                first.strip_prefix("error: ").unwrap_or(first)
+            )
+        })?;
+        Ok((t, cli))
+    });
+    let (t, cli) = match checked {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("spackfs: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let log_file = match &t.log {
+        helper::LogSink::File(p) => {
+            let opened = p
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| File::options().create(true).append(true).open(p));
+            match opened {
+                Ok(f) => Some((p.clone(), f)),
+                Err(e) => {
+                    eprintln!("spackfs: log file {}: {e}", p.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        _ => None,
+    };
+    let stderr_to = match &log_file {
+        Some((p, f)) => match f.try_clone() {
+            Ok(f) => Some((p.clone(), f)),
+            Err(e) => {
+                eprintln!("spackfs: log file {}: {e}", p.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    let report = match daemon::fork(daemon::READY_TIMEOUT, stderr_to) {
+        Ok(daemon::Forked::Parent(code)) => return code,
+        Ok(daemon::Forked::Child(report)) => report,
+        Err(e) => {
+            eprintln!("spackfs: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let lifecycle = service::Lifecycle::new(Some(report));
+    let file = log_file.map(|(_, f)| f);
+    if let Err(e) = init_logging(&t.log, file, t.log_level.as_deref()) {
+        lifecycle.failed(&format!("{e:#}"));
+        return ExitCode::FAILURE;
+    }
+    tracing::info!(
+        "mount helper: daemon pid {} for {}",
+        std::process::id(),
+        std::path::Path::new(&call.mountpoint).display()
+    );
+    execute(cli, lifecycle)
+}
+
+/// The default log filter: info, less fuser's "Unmount failed", which it warns whenever the
+/// mount was already unmounted from outside (`umount`, `fusermount3 -u`), which is how
+/// admins stop a mount; this program logs the unmount itself.
+const DEFAULT_LOG: &str = "info,fuser::mnt=error";
+
+/// Set up `tracing` for `sink` (`file`: the opened log file of a `File` sink); `level`
+/// overrides `SPACKFS_LOG`.
+fn init_logging(sink: &helper::LogSink, file: Option<File>, level: Option<&str>) -> Result<()> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = || match level.filter(|l| !l.is_empty()) {
+        Some(l) => {
+            tracing_subscriber::EnvFilter::try_new(l).with_context(|| format!("log filter {l:?}"))
+        }
+        None => Ok(tracing_subscriber::EnvFilter::try_from_env("SPACKFS_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG))),
+    };
+    match (sink, file) {
+        (helper::LogSink::File(_), Some(f)) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(filter()?)
+                .with_writer(std::sync::Mutex::new(f))
+                .with_ansi(false)
+                .with_target(false)
+                .init();
+        }
+        (helper::LogSink::Journald, _) => {
+            let layer = tracing_journald::layer()
+                .context("connecting to the journal (/run/systemd/journal/socket)")?
+                .with_syslog_identifier("spackfs".into());
+            tracing_subscriber::registry()
+                .with(filter()?)
+                .with(layer)
+                .init();
+        }
+        _ => {
+            tracing_subscriber::fmt()
+                .with_env_filter(filter()?)
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_target(false)
+                .init();
+        }
+    }
+    Ok(())
+}
+
+/// Run one verb on a new runtime; a failure is reported to `lifecycle` (the helper's
+/// parent) too.
+fn execute(cli: Cli, lifecycle: service::Lifecycle) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .expect("tokio runtime");
-    match rt.block_on(run(cli)) {
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let msg = format!("tokio runtime: {e}");
+            lifecycle.failed(&msg);
+            eprintln!("error: {msg}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli, &lifecycle)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            let msg = format!("{e:#}");
+            if lifecycle.is_daemon() {
+                tracing::error!("{msg}");
+            }
+            lifecycle.failed(&msg);
+            eprintln!("error: {msg}");
             ExitCode::FAILURE
         }
     }
 }
 
-async fn run(cli: Cli) -> Result<ExitCode> {
+async fn run(cli: Cli, lifecycle: &service::Lifecycle) -> Result<ExitCode> {
     match cli.command {
         Command::Ls {
             mirrors,
@@ -520,6 +672,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             index_ttl,
             max_unpacked_size,
             metrics_addr,
+            allow_other,
+            allow_root,
         } => {
             let cache_dir = cache_dir.unwrap_or_else(mount::default_cache_dir);
             let bound = match cache_size {
@@ -548,6 +702,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 backoff: remote.backoff(),
                 index_ttl,
                 metrics_addr,
+                access: if allow_other {
+                    Access::Other
+                } else if allow_root {
+                    Access::Root
+                } else {
+                    Access::Default
+                },
             };
             let cfgs = mirror_configs(
                 &mirrors,
@@ -556,7 +717,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             )?;
             let signals = mount::Signals::install()?;
             let mounted = mount::mount(&cfgs, &mountpoint, &opts).await?;
-            mounted.wait_for_signal(signals).await?;
+            mounted.wait_answering(mount::ANSWER_TIMEOUT).await?;
+            lifecycle.ready(&format!(
+                "serving {} packages from {} mirror{} at {}",
+                mounted
+                    .live
+                    .packages()
+                    .iter()
+                    .filter(|p| p.is_listed())
+                    .count(),
+                cfgs.len(),
+                if cfgs.len() == 1 { "" } else { "s" },
+                mounted.path().display()
+            ));
+            mounted.wait_for_signal(signals, lifecycle).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { mountpoint, json } => {

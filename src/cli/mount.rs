@@ -1,5 +1,5 @@
 //! `spackfs mount`: the mount's set-up (cache, kept index, live catalog, FUSE session),
-//! its signal handling and its clean unmount.
+//! the check that it answers, its signal handling, watchdog pings and its clean unmount.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use spackfs::catalog::live::LiveCatalog;
 use spackfs::catalog::materialise::Target;
 use spackfs::catalog::Catalog;
 use spackfs::config::MirrorConfig;
+use spackfs::fs::mount::Access;
 use spackfs::fs::{ReadMode, SpackFs};
 use spackfs::install::Limits;
 use spackfs::mirror::{Backoff, FailureClass};
@@ -31,6 +32,39 @@ pub(crate) struct MountArgs {
     pub index_ttl: std::time::Duration,
     /// Serve Prometheus metrics here (`HOST:PORT`).
     pub metrics_addr: Option<String>,
+    pub access: Access,
+}
+
+/// How long a new mount may take to answer the kernel.
+pub(crate) const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Ask the kernel whether the mount at `path` answers, from a thread of its own (a hung
+/// session blocks that thread, never the runtime): `None` when no answer within `timeout`.
+async fn probe(
+    path: PathBuf,
+    timeout: std::time::Duration,
+    wait: bool,
+) -> Option<Result<(), spackfs::fs::mount::MountError>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let r = if wait {
+            spackfs::fs::mount::wait_until_answers(&path, timeout)
+        } else {
+            spackfs::fs::mount::answers(&path).map_err(|e| {
+                spackfs::fs::mount::MountError::NotAnswering {
+                    path: path.clone(),
+                    waited: std::time::Duration::ZERO,
+                    last: e.to_string(),
+                }
+            })
+        };
+        let _ = tx.send(r);
+    });
+    // The thread's own bound plus a margin: a statfs stuck in the kernel ends the wait.
+    tokio::time::timeout(timeout + std::time::Duration::from_secs(1), rx)
+        .await
+        .ok()
+        .and_then(Result::ok)
 }
 
 /// `/var/cache/spackfs` for root, else `$XDG_CACHE_HOME/spackfs` (or `~/.cache/spackfs`).
@@ -70,25 +104,63 @@ pub(crate) struct Mounted {
 }
 
 impl Mounted {
+    /// The mount point.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Wait until the mount answers through the kernel (statfs shows FUSE, its root lists).
+    pub async fn wait_answering(&self, timeout: std::time::Duration) -> Result<()> {
+        match probe(self.path.clone(), timeout, true).await {
+            Some(r) => Ok(r?),
+            None => anyhow::bail!(
+                "the mount at {} does not answer after {timeout:?}",
+                self.path.display()
+            ),
+        }
+    }
+
     /// Wait for SIGTERM/SIGINT (or an unmount from outside), then unmount cleanly. The
     /// handlers are installed before the mount appears, so that a signal sent as soon as
-    /// it serves is not lost (or fatal).
-    pub async fn wait_for_signal(mut self, signals: Signals) -> Result<()> {
+    /// it serves is not lost (or fatal). While the session lives and answers, `WATCHDOG=1`
+    /// goes to systemd at the interval it asked for; `STOPPING=1` before unmounting.
+    pub async fn wait_for_signal(
+        mut self,
+        signals: Signals,
+        lifecycle: &super::service::Lifecycle,
+    ) -> Result<()> {
         let Signals { mut term, mut int } = signals;
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+        let watchdog_every = lifecycle.watchdog_interval();
+        let mut watchdog =
+            tokio::time::interval(watchdog_every.unwrap_or(std::time::Duration::from_secs(3600)));
+        if let Some(d) = watchdog_every {
+            tracing::info!("systemd watchdog: pinging every {d:?}");
+        }
         loop {
             tokio::select! {
                 _ = term.recv() => { tracing::info!("SIGTERM: unmounting {}", self.path.display()); break; }
                 _ = int.recv() => { tracing::info!("SIGINT: unmounting {}", self.path.display()); break; }
                 _ = tick.tick() => {
                     if self.session.as_ref().is_some_and(|s| s.guard.is_finished()) {
+                        lifecycle.stopping(&format!("{} was unmounted", self.path.display()));
                         tracing::info!("{} was unmounted", self.path.display());
                         if let Some(s) = self.session.take() { let _ = s.join(); }
                         return Ok(());
                     }
                 }
+                _ = watchdog.tick(), if watchdog_every.is_some() => {
+                    let alive = self.session.as_ref().is_some_and(|s| !s.guard.is_finished());
+                    let every = watchdog_every.unwrap_or_default();
+                    if alive && matches!(probe(self.path.clone(), every / 2, false).await, Some(Ok(()))) {
+                        lifecycle.watchdog();
+                    } else if alive {
+                        tracing::warn!("{} does not answer: no watchdog ping", self.path.display());
+                    }
+                }
             }
         }
+        lifecycle.stopping(&format!("unmounting {}", self.path.display()));
         self.unmount()
     }
 
@@ -199,7 +271,7 @@ pub(crate) async fn mount(
     if let Err(e) = spackfs::control::socket::serve(&canonical, live.clone(), core) {
         tracing::warn!("{e}: `spackfs status` will not reach this mount");
     }
-    let session = spackfs::fs::mount::spawn(fs, &path, opts.threads)?;
+    let session = spackfs::fs::mount::spawn(fs, &path, opts.threads, opts.access)?;
     live.set_observer(parts.with_kernel(Box::new(spackfs::fs::fuse::Notifier::new(
         session.notifier(),
     ))));

@@ -105,10 +105,19 @@ impl FsCore {
         }
         // SAFETY: getuid/getgid cannot fail and touch no memory.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let passthrough = read_mode == ReadMode::Passthrough && {
+            let allowed = super::mount::has_cap_sys_admin();
+            if !allowed {
+                tracing::info!(
+                    "reads go through the daemon (pread): FUSE passthrough needs CAP_SYS_ADMIN"
+                );
+            }
+            allowed
+        };
         FsCore {
             live,
             inodes,
-            passthrough: AtomicBool::new(read_mode == ReadMode::Passthrough),
+            passthrough: AtomicBool::new(passthrough),
             handles: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
