@@ -52,6 +52,58 @@ pub struct OpLabels {
     pub op: &'static str,
 }
 
+/// The FUSE operations counted (one counter each, made once: a request only increments).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FuseOp {
+    Lookup,
+    Getattr,
+    Readlink,
+    Open,
+    Read,
+    Release,
+    Opendir,
+    Readdir,
+    Releasedir,
+    Statfs,
+    Getxattr,
+    Listxattr,
+}
+
+impl FuseOp {
+    const ALL: [FuseOp; 12] = [
+        FuseOp::Lookup,
+        FuseOp::Getattr,
+        FuseOp::Readlink,
+        FuseOp::Open,
+        FuseOp::Read,
+        FuseOp::Release,
+        FuseOp::Opendir,
+        FuseOp::Readdir,
+        FuseOp::Releasedir,
+        FuseOp::Statfs,
+        FuseOp::Getxattr,
+        FuseOp::Listxattr,
+    ];
+
+    /// The operation's name in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            FuseOp::Lookup => "lookup",
+            FuseOp::Getattr => "getattr",
+            FuseOp::Readlink => "readlink",
+            FuseOp::Open => "open",
+            FuseOp::Read => "read",
+            FuseOp::Release => "release",
+            FuseOp::Opendir => "opendir",
+            FuseOp::Readdir => "readdir",
+            FuseOp::Releasedir => "releasedir",
+            FuseOp::Statfs => "statfs",
+            FuseOp::Getxattr => "getxattr",
+            FuseOp::Listxattr => "listxattr",
+        }
+    }
+}
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Latencies from 1 ms to about 65 s.
@@ -96,6 +148,8 @@ pub struct Metrics {
     pub cache_evicted_bytes: Counter,
     /// FUSE requests, by operation.
     pub fuse_requests: Family<OpLabels, Counter>,
+    /// The counters of `fuse_requests`, by `FuseOp` (no label lookup per request).
+    fuse_counters: [Counter; FuseOp::ALL.len()],
     /// Sum of `fetch_bytes` (for the attributes, which do not know the mirrors).
     bytes_total: AtomicU64,
     recent: Mutex<VecDeque<RecentError>>,
@@ -103,6 +157,12 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
+        let fuse_requests: Family<OpLabels, Counter> = Family::default();
+        let fuse_counters = FuseOp::ALL.map(|op| {
+            fuse_requests
+                .get_or_create(&OpLabels { op: op.name() })
+                .clone()
+        });
         Metrics {
             blobs_fetched: Counter::default(),
             fetch_bytes: Family::default(),
@@ -114,7 +174,8 @@ impl Default for Metrics {
             cache_hits: Counter::default(),
             cache_evictions: Counter::default(),
             cache_evicted_bytes: Counter::default(),
-            fuse_requests: Family::default(),
+            fuse_requests,
+            fuse_counters,
             bytes_total: AtomicU64::new(0),
             recent: Mutex::new(VecDeque::new()),
         }
@@ -197,8 +258,8 @@ impl Metrics {
     }
 
     /// A FUSE request of operation `op`.
-    pub fn fuse_op(&self, op: &'static str) {
-        self.fuse_requests.get_or_create(&OpLabels { op }).inc();
+    pub fn fuse_op(&self, op: FuseOp) {
+        self.fuse_counters[op as usize].inc();
     }
 
     /// Keep `message` among the recent errors (the oldest is dropped past the limit).

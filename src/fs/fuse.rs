@@ -215,7 +215,7 @@ impl Filesystem for SpackFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        crate::metrics::global().fuse_op("lookup");
+        crate::metrics::global().fuse_op(crate::metrics::FuseOp::Lookup);
         let name = name.to_os_string();
         self.respond(
             move |core| async move { core.lookup(parent.0, &name).await },
@@ -225,7 +225,7 @@ impl Filesystem for SpackFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        crate::metrics::global().fuse_op("getattr");
+        crate::metrics::global().fuse_op(crate::metrics::FuseOp::Getattr);
         match self.core.getattr(ino.0) {
             Ok(attr) => reply.attr(&TTL, &attr),
             Err(e) => reply.error(e),
@@ -233,7 +233,7 @@ impl Filesystem for SpackFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        crate::metrics::global().fuse_op("readlink");
+        crate::metrics::global().fuse_op(crate::metrics::FuseOp::Readlink);
         match self.core.readlink(ino.0) {
             Ok(target) => reply.data(&target),
             Err(e) => reply.error(e),
@@ -241,7 +241,7 @@ impl Filesystem for SpackFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        crate::metrics::global().fuse_op("open");
+        crate::metrics::global().fuse_op(crate::metrics::FuseOp::Open);
         let (fh, opened) = match self.core.open(ino.0, flags.0) {
             Ok(o) => o,
             Err(e) => return reply.error(e),
@@ -288,7 +288,7 @@ impl Filesystem for SpackFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        crate::metrics::global().fuse_op("read");
+        crate::metrics::global().fuse_op(crate::metrics::FuseOp::Read);
         match self.core.read(fh.0, offset, size) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(e),
@@ -332,13 +332,13 @@ impl Filesystem for SpackFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        crate::metrics::global().fuse_op("release");
+        crate::metrics::global().fuse_op(crate::metrics::FuseOp::Release);
         self.core.release(fh.0);
         reply.ok();
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        crate::metrics::global().fuse_op("opendir");
+        crate::metrics::global().fuse_op(crate::metrics::FuseOp::Opendir);
         self.respond(
             move |core| async move { core.opendir(ino.0).await },
             reply,
@@ -354,7 +354,7 @@ impl Filesystem for SpackFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        crate::metrics::global().fuse_op("readdir");
+        crate::metrics::global().fuse_op(crate::metrics::FuseOp::Readdir);
         let entries = match self.core.readdir(ino.0, fh.0, offset) {
             Ok(e) => e,
             Err(e) => return reply.error(e),
@@ -375,13 +375,13 @@ impl Filesystem for SpackFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        crate::metrics::global().fuse_op("releasedir");
+        crate::metrics::global().fuse_op(crate::metrics::FuseOp::Releasedir);
         self.core.releasedir(fh.0);
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        crate::metrics::global().fuse_op("statfs");
+        crate::metrics::global().fuse_op(crate::metrics::FuseOp::Statfs);
         match self.core.statfs() {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, 255, s.frsize,
@@ -391,12 +391,12 @@ impl Filesystem for SpackFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        crate::metrics::global().fuse_op("getxattr");
+        crate::metrics::global().fuse_op(crate::metrics::FuseOp::Getxattr);
         answer_xattr(reply, self.core.getxattr(ino.0, name), size);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        crate::metrics::global().fuse_op("listxattr");
+        crate::metrics::global().fuse_op(crate::metrics::FuseOp::Listxattr);
         answer_xattr(reply, Ok(self.core.listxattr(ino.0)), size);
     }
 }
