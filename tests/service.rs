@@ -223,22 +223,32 @@ fn systemd_units_pass_systemd_analyze_verify() {
 
 // ------------------------------------------------------------ (b) sd_notify
 
+/// `spackfs mount` of the unsigned fixture as the unit starts it, with `notify` as its
+/// NOTIFY_SOCKET and `env` besides.
+fn spawn_notified(
+    fx: &common::Fixtures,
+    dirs: &MountDirs,
+    notify: &NotifySocket,
+    env: &[(&str, &str)],
+) -> Daemon {
+    let mirror = fx.mirror(V3_UNSIGNED.name);
+    let mut all = vec![("NOTIFY_SOCKET", notify.path())];
+    all.extend_from_slice(env);
+    Daemon::spawn_with(
+        &[path_str(&mirror)],
+        &dirs.mnt,
+        &dirs.cache,
+        &["--unsigned"],
+        &all,
+    )
+}
+
 #[test]
 fn notify_ready_only_once_the_mount_answers_then_watchdog_and_stopping() {
     let Some(fx) = fixtures() else { return };
     let dirs = MountDirs::new();
     let mut notify = NotifySocket::new();
-    let mirror = fx.mirror(V3_UNSIGNED.name);
-    let d = Daemon::spawn_with(
-        &[path_str(&mirror)],
-        &dirs.mnt,
-        &dirs.cache,
-        &["--unsigned"],
-        &[
-            ("NOTIFY_SOCKET", notify.path()),
-            ("WATCHDOG_USEC", "400000"),
-        ],
-    );
+    let d = spawn_notified(&fx, &dirs, &notify, &[("WATCHDOG_USEC", "400000")]);
     let ready = notify.wait_for("READY=1", Duration::from_secs(30));
     // At the moment READY=1 arrives the mount must already answer.
     let mounted = is_mounted(&dirs.mnt);
@@ -291,18 +301,12 @@ fn no_watchdog_pings_for_another_pid() {
     let Some(fx) = fixtures() else { return };
     let dirs = MountDirs::new();
     let mut notify = NotifySocket::new();
-    let mirror = fx.mirror(V3_UNSIGNED.name);
-    let d = Daemon::spawn_with(
-        &[path_str(&mirror)],
-        &dirs.mnt,
-        &dirs.cache,
-        &["--unsigned"],
-        &[
-            ("NOTIFY_SOCKET", notify.path()),
-            ("WATCHDOG_USEC", "200000"),
-            // systemd's watchdog is for its main pid only: here, another process.
-            ("WATCHDOG_PID", "1"),
-        ],
+    // systemd's watchdog is for its main pid only: here, another process.
+    let d = spawn_notified(
+        &fx,
+        &dirs,
+        &notify,
+        &[("WATCHDOG_USEC", "200000"), ("WATCHDOG_PID", "1")],
     );
     assert!(
         notify
