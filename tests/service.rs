@@ -724,7 +724,9 @@ impl UserWorld {
         std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))
             .expect("chmod");
         let bin = tmp.path().join("spackfs");
-        std::fs::copy(env!("CARGO_BIN_EXE_spackfs"), &bin).expect("copy the binary");
+        // Copied by another process: a write descriptor of this process, inherited by a
+        // child another test forks meanwhile, would make the exec fail with ETXTBSY.
+        run_program("cp", [env!("CARGO_BIN_EXE_spackfs"), path_str(&bin)]).assert_ok();
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         let home = tmp.path().join("home");
         let mnt = home.join("mnt");

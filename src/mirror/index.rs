@@ -285,9 +285,13 @@ impl Mirror {
             .filter(|r| r.in_buildcache)
             .filter(|r| {
                 let n = &r.node;
+                // A record whose manifest path cannot even be made (a name that would
+                // leave the mirror) is not "lacking": it stays offered, so that its first
+                // touch is refused naming why.
                 let in_v3 = v3
                     && layout::v3_spec_manifest(&n.name, &n.version, &n.hash)
-                        .is_ok_and(|p| v3_paths.contains(&p));
+                        .ok()
+                        .is_none_or(|p| v3_paths.contains(&p));
                 let in_v2 = v2 && v2_hashes.contains(&n.hash);
                 !(in_v3 || in_v2)
             })
