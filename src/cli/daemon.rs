@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use spackfs::control::lifecycle::ParentReport;
+
 /// How long the parent waits for the mount to answer.
 pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -37,14 +39,14 @@ impl Report {
             unsafe { libc::dup2(f.as_raw_fd(), 2) };
         }
     }
+}
 
-    /// The mount answers.
-    pub fn ready(self) {
+impl ParentReport for Report {
+    fn ready(self: Box<Self>) {
         self.send("OK\n");
     }
 
-    /// The mount failed because of `why`.
-    pub fn failed(self, why: &str) {
+    fn failed(self: Box<Self>, why: &str) {
         self.send(&format!("ERR {why}"));
     }
 }

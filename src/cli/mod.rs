@@ -9,7 +9,6 @@ mod install;
 mod mount;
 mod prefetch;
 mod progress;
-mod service;
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -22,6 +21,7 @@ use clap::{Args, Parser, Subcommand};
 use spackfs::buildcache::projection::DEFAULT_PROJECTION;
 use spackfs::catalog::{Catalog, TrustPolicy};
 use spackfs::config::{MirrorConfig, Support};
+use spackfs::control::lifecycle::Lifecycle;
 use spackfs::fs::mount::Access;
 use spackfs::fs::ReadMode;
 use spackfs::install::Limits;
@@ -468,7 +468,7 @@ pub fn main() -> ExitCode {
         eprintln!("error: {e:#}");
         return ExitCode::FAILURE;
     }
-    execute(Cli::parse(), service::Lifecycle::new(None))
+    execute(Cli::parse(), Lifecycle::new(None))
 }
 
 /// `spackfs SRC MOUNTPOINT -o OPTS` (from mount.fuse3): check the options, fork before any
@@ -526,7 +526,7 @@ fn helper_main(call: &helper::HelperCall) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let lifecycle = service::Lifecycle::new(Some(report));
+    let lifecycle = Lifecycle::new(Some(Box::new(report)));
     let file = log_file.map(|(_, f)| f);
     if let Err(e) = init_logging(&t.log, file, t.log_level.as_deref()) {
         lifecycle.failed(&format!("{e:#}"));
@@ -589,7 +589,7 @@ fn init_logging(sink: &helper::LogSink, file: Option<File>, level: Option<&str>)
 
 /// Run one verb on a new runtime; a failure is reported to `lifecycle` (the helper's
 /// parent) too.
-fn execute(cli: Cli, lifecycle: service::Lifecycle) -> ExitCode {
+fn execute(cli: Cli, lifecycle: Lifecycle) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -616,7 +616,7 @@ fn execute(cli: Cli, lifecycle: service::Lifecycle) -> ExitCode {
     }
 }
 
-async fn run(cli: Cli, lifecycle: &service::Lifecycle) -> Result<ExitCode> {
+async fn run(cli: Cli, lifecycle: &Lifecycle) -> Result<ExitCode> {
     match cli.command {
         Command::Ls {
             mirrors,

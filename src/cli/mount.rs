@@ -127,7 +127,7 @@ impl Mounted {
     pub async fn wait_for_signal(
         mut self,
         signals: Signals,
-        lifecycle: &super::service::Lifecycle,
+        lifecycle: &spackfs::control::lifecycle::Lifecycle,
     ) -> Result<()> {
         let Signals { mut term, mut int } = signals;
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));

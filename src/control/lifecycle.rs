@@ -1,24 +1,31 @@
 //! The mount's lifecycle as told to whoever started it: systemd through sd_notify when
 //! `NOTIFY_SOCKET` is set (`READY=1` once the mount answers, `STATUS=`, `WATCHDOG=1`,
 //! `STOPPING=1`), and the waiting parent of a daemonised mount helper through its pipe
-//! (see `daemon`). Without either, every call here does nothing.
+//! (the CLI's daemon module implements [`ParentReport`]). Without either, every call here
+//! does nothing.
 
 use std::sync::Mutex;
 use std::time::Duration;
 
 use sd_notify::NotifyState;
 
-use super::daemon::Report;
+/// The parent process waiting for a daemonised mount: told once, ready or failed.
+pub trait ParentReport: Send {
+    /// The mount answers; the parent may exit 0.
+    fn ready(self: Box<Self>);
+    /// The mount failed; the parent prints `why` and exits non-zero.
+    fn failed(self: Box<Self>, why: &str);
+}
 
 /// Where the mount's lifecycle is reported.
-pub(crate) struct Lifecycle {
+pub struct Lifecycle {
     systemd: bool,
-    parent: Mutex<Option<Report>>,
+    parent: Mutex<Option<Box<dyn ParentReport>>>,
 }
 
 impl Lifecycle {
     /// systemd when `NOTIFY_SOCKET` is set; `parent` when this is a daemonised helper.
-    pub fn new(parent: Option<Report>) -> Self {
+    pub fn new(parent: Option<Box<dyn ParentReport>>) -> Self {
         Lifecycle {
             systemd: std::env::var_os("NOTIFY_SOCKET").is_some(),
             parent: Mutex::new(parent),
