@@ -1561,6 +1561,7 @@ fn index_db() {
                         chunk,
                     },
                     WHAT,
+                    None,
                 )
             })?;
             match (whole, streamed) {
@@ -1603,12 +1604,18 @@ impl Truncated {
                 let nodes: Vec<SpecNode> = self
                     .1
                     .iter()
-                    .filter_map(|v| SpecNode::from_json(v, "gen").ok())
+                    .filter_map(|v| {
+                        let mut n = SpecNode::from_json(v, "gen").ok()?;
+                        n.raw = spackfs::buildcache::rawspec::RawSpec::Value(std::sync::Arc::new(
+                            v.clone(),
+                        ));
+                        Some(n)
+                    })
                     .collect();
-                (
-                    "a database written by catalog::database_json".into(),
-                    spackfs::catalog::database_json(nodes.iter().map(|n| (n, true))),
-                )
+                let mut db = Vec::new();
+                spackfs::catalog::write_database(nodes.iter().map(|n| (n, true)), &mut db)
+                    .expect("written in memory");
+                ("a database written by catalog::write_database".into(), db)
             }
         };
         let end = full.len()

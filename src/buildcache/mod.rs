@@ -12,6 +12,7 @@ pub mod lockfile;
 pub mod manifest;
 pub mod oci;
 pub mod projection;
+pub mod rawspec;
 pub mod spec;
 
 /// A malformed or unsupported object in a mirror.

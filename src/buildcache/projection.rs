@@ -113,13 +113,13 @@ impl Projection {
             "name" => node.name.clone(),
             "version" => node.version.clone(),
             "hash" => node.hash.clone(),
-            "namespace" => node.namespace.clone(),
+            "namespace" => node.namespace.to_string(),
             "architecture" | "arch" => {
                 format!("{}-{}-{}", node.platform, node.platform_os, node.target)
             }
-            "architecture.platform" | "platform" => node.platform.clone(),
-            "architecture.os" | "architecture.platform_os" | "os" => node.platform_os.clone(),
-            "architecture.target" | "target" => node.target.clone(),
+            "architecture.platform" | "platform" => node.platform.to_string(),
+            "architecture.os" | "architecture.platform_os" | "os" => node.platform_os.to_string(),
+            "architecture.target" | "target" => node.target.to_string(),
             "compiler.name" => cname,
             "compiler.version" => cver,
             "compiler" => format!("{cname}-{cver}"),

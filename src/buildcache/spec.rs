@@ -1,45 +1,98 @@
 //! Spec JSON (specfile formats v2–v5): the DAG of a package and its dependencies.
 //!
-//! Nodes keep their raw JSON (for the database written at the install root) next to the
-//! fields the engine needs: identity, architecture, compiler and typed dependency edges.
+//! A node holds the fields the engine needs: identity, architecture, compiler and typed
+//! dependency edges, read in one lenient pass (a member of an unexpected type counts as
+//! absent) from a JSON value or straight from the text of an index record. Where its JSON
+//! is kept for the database written at the install root, [`RawSpec`] says.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
 
 use indexmap::IndexMap;
+use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
 use serde_json::Value;
+
+pub use super::rawspec::RawSpec;
 
 use super::checksum::Sha256;
 use super::FormatError;
 
-/// A dependency edge.
+/// The kinds of a dependency edge Spack knows (`parameters.deptypes`), as bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DepTypes(u8);
+
+impl DepTypes {
+    const NAMES: [&'static str; 4] = ["build", "link", "run", "test"];
+
+    fn bit(name: &str) -> u8 {
+        Self::NAMES
+            .iter()
+            .position(|n| *n == name)
+            .map_or(0, |i| 1 << i)
+    }
+
+    /// The kinds named in `names` (unknown names are dropped: nothing asks for them).
+    pub fn from_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
+        DepTypes(names.into_iter().fold(0, |acc, n| acc | Self::bit(n)))
+    }
+
+    pub fn has(self, name: &str) -> bool {
+        let b = Self::bit(name);
+        b != 0 && self.0 & b != 0
+    }
+
+    /// The kinds by name, in Spack's order.
+    pub fn names(self) -> impl Iterator<Item = &'static str> {
+        Self::NAMES
+            .into_iter()
+            .enumerate()
+            .filter(move |(i, _)| self.0 & (1 << i) != 0)
+            .map(|(_, n)| n)
+    }
+}
+
+/// A dependency edge. Names and hashes are shared strings: an index of many packages holds
+/// each hash once, whoever depends on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DepEdge {
-    pub name: String,
-    pub hash: String,
-    pub deptypes: Vec<String>,
-    pub virtuals: Vec<String>,
+    pub name: Arc<str>,
+    pub hash: Arc<str>,
+    pub deptypes: DepTypes,
+    pub virtuals: Box<[Box<str>]>,
 }
 
 impl DepEdge {
     pub fn is(&self, deptype: &str) -> bool {
-        self.deptypes.iter().any(|d| d == deptype)
+        self.deptypes.has(deptype)
+    }
+
+    /// Does the edge provide virtual `name` (`c`, `cxx`, `mpi`…)?
+    pub fn provides(&self, name: &str) -> bool {
+        self.virtuals.iter().any(|v| &**v == name)
     }
 }
 
-/// One node of a spec DAG.
+/// One node of a spec DAG: the fields the engine needs. The node's JSON itself (for the
+/// database written at the install root) is not held in memory for index records: see
+/// [`RawSpec`].
 #[derive(Debug, Clone)]
 pub struct SpecNode {
     pub name: String,
     pub version: String,
     pub hash: String,
-    pub platform: String,
-    pub platform_os: String,
-    pub target: String,
-    pub namespace: String,
+    pub platform: Arc<str>,
+    pub platform_os: Arc<str>,
+    pub target: Arc<str>,
+    pub namespace: Arc<str>,
     /// `compiler` object of specfile ≤ v4 (name, version).
     pub compiler: Option<(String, String)>,
     pub external: bool,
     pub deps: Vec<DepEdge>,
-    /// The node as it appeared in the file.
-    pub raw: Value,
+    /// Where the node's JSON is, when it is kept (index records of a mount).
+    pub raw: RawSpec,
 }
 
 impl SpecNode {
@@ -65,15 +118,92 @@ impl SpecNode {
         super::sanitize_component(&format!("{}-{}-{}", self.name, self.version, self.hash))
     }
 
-    /// Parse a node object (specfile v2–v5, or a database record's `spec`).
+    /// Parse a node object (specfile v2–v5, or a database record's `spec`). The node keeps
+    /// no JSON ([`RawSpec::None`]).
     pub fn from_json(v: &Value, what: &str) -> Result<Self, FormatError> {
-        let obj = v
-            .as_object()
-            .ok_or_else(|| FormatError::invalid(what, "spec node is not an object"))?;
-        let s = |k: &str| obj.get(k).and_then(Value::as_str).map(str::to_string);
-        let name = s("name").ok_or_else(|| FormatError::invalid(what, "spec node without name"))?;
-        let hash = s("hash")
-            .or_else(|| s("build_hash"))
+        let fields = NodeFields::deserialize(v).map_err(|source| FormatError::Json {
+            what: what.to_string(),
+            source,
+        })?;
+        fields.into_node(what, &mut Interner::default())
+    }
+
+    /// Parse a node from its JSON text (an index record's `spec`), sharing strings through
+    /// `interner`. Returns the node (without JSON) and the hash the text itself gives.
+    pub fn from_text(text: &str, what: &str, interner: &mut Interner) -> Result<Self, FormatError> {
+        let fields: NodeFields =
+            serde_json::from_str(text).map_err(|source| FormatError::Json {
+                what: what.to_string(),
+                source,
+            })?;
+        fields.into_node(what, interner)
+    }
+}
+
+/// Shared strings for the nodes of one index (hashes, names, targets…): each distinct
+/// string is held once.
+#[derive(Default)]
+pub struct Interner(HashSet<Arc<str>>);
+
+impl Interner {
+    pub fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.0.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        self.0.insert(a.clone());
+        a
+    }
+}
+
+/// The fields of a node as found in its JSON, read leniently in one pass: a member of an
+/// unexpected type counts as absent (as the engine always read them), a repeated member
+/// counts once (the last), and members the engine does not use are skipped unread.
+#[derive(Default)]
+struct NodeFields<'a> {
+    is_object: bool,
+    name: Option<Cow<'a, str>>,
+    hash: Option<Cow<'a, str>>,
+    build_hash: Option<Cow<'a, str>>,
+    version: Option<Cow<'a, str>>,
+    namespace: Option<Cow<'a, str>>,
+    arch: ArchFields<'a>,
+    compiler: Option<(Cow<'a, str>, Option<Cow<'a, str>>)>,
+    external: bool,
+    deps: Vec<(Option<Cow<'a, str>>, EdgeFields<'a>)>,
+}
+
+#[derive(Default)]
+struct ArchFields<'a> {
+    platform: Option<Cow<'a, str>>,
+    platform_os: Option<Cow<'a, str>>,
+    target: Option<Cow<'a, str>>,
+}
+
+#[derive(Default)]
+struct EdgeFields<'a> {
+    name: Option<Cow<'a, str>>,
+    hash: Option<Cow<'a, str>>,
+    build_hash: Option<Cow<'a, str>>,
+    full_hash: Option<Cow<'a, str>>,
+    /// `parameters.deptypes`, when `parameters` is an object with that member.
+    param_deptypes: Option<Vec<Cow<'a, str>>>,
+    virtuals: Vec<Cow<'a, str>>,
+    /// `type` (older specfiles).
+    kind: Vec<Cow<'a, str>>,
+}
+
+impl<'a> NodeFields<'a> {
+    fn into_node(self, what: &str, interner: &mut Interner) -> Result<SpecNode, FormatError> {
+        if !self.is_object {
+            return Err(FormatError::invalid(what, "spec node is not an object"));
+        }
+        let name = self
+            .name
+            .ok_or_else(|| FormatError::invalid(what, "spec node without name"))?;
+        let hash = self
+            .hash
+            .or(self.build_hash)
             .ok_or_else(|| FormatError::invalid(what, format!("spec node {name} without hash")))?;
         if hash.is_empty() || !hash.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(FormatError::invalid(
@@ -81,95 +211,428 @@ impl SpecNode {
                 format!("spec node {name} has an invalid hash {hash:?}"),
             ));
         }
-        let version = s("version").unwrap_or_default();
-        let arch = obj.get("arch");
-        let arch_s = |k: &str| {
-            arch.and_then(|a| a.get(k))
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string()
-        };
-        let target = match arch.and_then(|a| a.get("target")) {
-            Some(Value::String(t)) => t.clone(),
-            Some(Value::Object(t)) => t
-                .get("name")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
-            _ => String::new(),
-        };
-        let compiler = obj.get("compiler").and_then(|c| {
-            Some((
-                c.get("name")?.as_str()?.to_string(),
-                c.get("version")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string(),
-            ))
-        });
-        let mut deps = Vec::new();
-        match obj.get("dependencies") {
-            Some(Value::Array(list)) => {
-                for d in list {
-                    deps.push(parse_edge(d, None, what)?);
-                }
-            }
-            // specfile v1 style: {name: {hash, type}}
-            Some(Value::Object(map)) => {
-                for (dname, d) in map {
-                    deps.push(parse_edge(d, Some(dname), what)?);
-                }
-            }
-            _ => {}
+        let mut deps = Vec::with_capacity(self.deps.len());
+        for (key, e) in self.deps {
+            let dname = key
+                .or(e.name)
+                .ok_or_else(|| FormatError::invalid(what, "dependency without name"))?;
+            let dhash = e.hash.or(e.build_hash).or(e.full_hash).ok_or_else(|| {
+                FormatError::invalid(what, format!("dependency {dname} without hash"))
+            })?;
+            let types = e.param_deptypes.unwrap_or(e.kind);
+            deps.push(DepEdge {
+                name: interner.get(&dname),
+                hash: interner.get(&dhash),
+                deptypes: DepTypes::from_names(types.iter().map(|t| t.as_ref())),
+                virtuals: e.virtuals.iter().map(|v| Box::from(v.as_ref())).collect(),
+            });
         }
+        let mut s = |v: Option<Cow<str>>| interner.get(v.as_deref().unwrap_or(""));
         Ok(SpecNode {
-            name,
-            version,
-            hash,
-            platform: arch_s("platform"),
-            platform_os: arch_s("platform_os"),
-            target,
-            namespace: s("namespace").unwrap_or_default(),
-            compiler,
-            external: obj.get("external").is_some_and(|e| !e.is_null()),
+            platform: s(self.arch.platform),
+            platform_os: s(self.arch.platform_os),
+            target: s(self.arch.target),
+            namespace: s(self.namespace),
+            name: name.into_owned(),
+            version: self.version.map(Cow::into_owned).unwrap_or_default(),
+            hash: hash.into_owned(),
+            compiler: self
+                .compiler
+                .map(|(n, v)| (n.into_owned(), v.map(Cow::into_owned).unwrap_or_default())),
+            external: self.external,
             deps,
-            raw: v.clone(),
+            raw: RawSpec::None,
         })
     }
 }
 
-fn parse_edge(d: &Value, name: Option<&String>, what: &str) -> Result<DepEdge, FormatError> {
-    let name = name
-        .cloned()
-        .or_else(|| d.get("name").and_then(Value::as_str).map(str::to_string))
-        .ok_or_else(|| FormatError::invalid(what, "dependency without name"))?;
-    let hash = ["hash", "build_hash", "full_hash"]
-        .iter()
-        .find_map(|k| d.get(*k).and_then(Value::as_str))
-        .ok_or_else(|| FormatError::invalid(what, format!("dependency {name} without hash")))?
-        .to_string();
-    let strings = |v: Option<&Value>| -> Vec<String> {
-        match v {
-            Some(Value::Array(a)) => a
-                .iter()
-                .filter_map(|x| x.as_str().map(str::to_string))
-                .collect(),
-            Some(Value::String(s)) => vec![s.clone()],
-            _ => Vec::new(),
+/// Skip the rest of a map or sequence.
+fn drain_map<'de, A: MapAccess<'de>>(mut m: A) -> Result<(), A::Error> {
+    while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+fn drain_seq<'de, A: SeqAccess<'de>>(mut s: A) -> Result<(), A::Error> {
+    while s.next_element::<IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+/// Implements the scalar visits of a lenient visitor as "absent" (`$none`).
+macro_rules! lenient_scalars {
+    ($none:expr) => {
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($none)
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($none)
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($none)
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($none)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok($none)
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok($none)
         }
     };
-    let params = d.get("parameters");
-    let deptypes = match params.and_then(|p| p.get("deptypes")) {
-        Some(v) => strings(Some(v)),
-        None => strings(d.get("type")),
-    };
-    let virtuals = strings(params.and_then(|p| p.get("virtuals")));
-    Ok(DepEdge {
-        name,
-        hash,
-        deptypes,
-        virtuals,
-    })
+}
+
+/// A member read as a string: anything else counts as absent.
+struct Str<'a>(Option<Cow<'a, str>>);
+
+impl<'de> Deserialize<'de> for Str<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Str<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            lenient_scalars!(Str(None));
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Str(Some(Cow::Borrowed(v))))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Str(Some(Cow::Owned(v.to_string()))))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Str(Some(Cow::Owned(v))))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, s: A) -> Result<Self::Value, A::Error> {
+                drain_seq(s).map(|_| Str(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<Self::Value, A::Error> {
+                drain_map(m).map(|_| Str(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A member read as a list of strings: a string is a list of one, a list keeps its
+/// strings, anything else is empty.
+struct Strs<'a>(Vec<Cow<'a, str>>);
+
+impl<'de> Deserialize<'de> for Strs<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Strs<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            lenient_scalars!(Strs(Vec::new()));
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Strs(vec![Cow::Borrowed(v)]))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Strs(vec![Cow::Owned(v.to_string())]))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Strs(vec![Cow::Owned(v)]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(Str(x)) = s.next_element::<Str>()? {
+                    out.extend(x);
+                }
+                Ok(Strs(out))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<Self::Value, A::Error> {
+                drain_map(m).map(|_| Strs(Vec::new()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Reads a member that is meaningful only as an object: `visit` reads each of its members
+/// (by key), anything else gives `T::default()`.
+struct Obj<T>(T);
+
+/// What a lenient object reader does with each member of the object.
+trait ObjFields<'de>: Default {
+    fn member<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error>;
+    /// Marks the value as having been an object.
+    fn seen_object(&mut self) {}
+}
+
+impl<'de, T: ObjFields<'de>> Deserialize<'de> for Obj<T> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: ObjFields<'de>> Visitor<'de> for V<T> {
+            type Value = Obj<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            lenient_scalars!(Obj(T::default()));
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(Obj(T::default()))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, s: A) -> Result<Self::Value, A::Error> {
+                drain_seq(s).map(|_| Obj(T::default()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+                let mut t = T::default();
+                t.seen_object();
+                while let Some(key) = m.next_key::<Cow<'de, str>>()? {
+                    t.member(&key, &mut m)?;
+                }
+                Ok(Obj(t))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+fn skip<'de, A: MapAccess<'de>>(map: &mut A) -> Result<(), A::Error> {
+    map.next_value::<IgnoredAny>().map(drop)
+}
+
+impl<'de> ObjFields<'de> for NodeFields<'de> {
+    fn seen_object(&mut self) {
+        self.is_object = true;
+    }
+    fn member<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
+        match key {
+            "name" => self.name = map.next_value::<Str>()?.0,
+            "hash" => self.hash = map.next_value::<Str>()?.0,
+            "build_hash" => self.build_hash = map.next_value::<Str>()?.0,
+            "version" => self.version = map.next_value::<Str>()?.0,
+            "namespace" => self.namespace = map.next_value::<Str>()?.0,
+            "arch" => self.arch = map.next_value::<Obj<ArchFields>>()?.0,
+            "compiler" => {
+                let c = map.next_value::<Obj<CompilerFields>>()?.0;
+                self.compiler = c.name.map(|n| (n, c.version));
+            }
+            "external" => self.external = map.next_value::<NotNull>()?.0,
+            "dependencies" => self.deps = map.next_value::<Deps>()?.0,
+            _ => skip(map)?,
+        }
+        Ok(())
+    }
+}
+
+impl<'de> ObjFields<'de> for ArchFields<'de> {
+    fn member<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
+        match key {
+            "platform" => self.platform = map.next_value::<Str>()?.0,
+            "platform_os" => self.platform_os = map.next_value::<Str>()?.0,
+            "target" => self.target = map.next_value::<Target>()?.0,
+            _ => skip(map)?,
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct CompilerFields<'a> {
+    name: Option<Cow<'a, str>>,
+    version: Option<Cow<'a, str>>,
+}
+
+impl<'de> ObjFields<'de> for CompilerFields<'de> {
+    fn member<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
+        match key {
+            "name" => self.name = map.next_value::<Str>()?.0,
+            "version" => self.version = map.next_value::<Str>()?.0,
+            _ => skip(map)?,
+        }
+        Ok(())
+    }
+}
+
+/// `{"name": …}` of a target object.
+#[derive(Default)]
+struct TargetObject<'a>(Option<Cow<'a, str>>);
+
+impl<'de> ObjFields<'de> for TargetObject<'de> {
+    fn member<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
+        match key {
+            "name" => self.0 = map.next_value::<Str>()?.0,
+            _ => skip(map)?,
+        }
+        Ok(())
+    }
+}
+
+/// `arch.target`: a name, or an object with a name (specfile v3+).
+struct Target<'a>(Option<Cow<'a, str>>);
+
+impl<'de> Deserialize<'de> for Target<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Target<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            lenient_scalars!(Target(None));
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Target(Some(Cow::Borrowed(v))))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Target(Some(Cow::Owned(v.to_string()))))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, s: A) -> Result<Self::Value, A::Error> {
+                drain_seq(s).map(|_| Target(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+                let mut t = TargetObject::default();
+                while let Some(key) = m.next_key::<Cow<'de, str>>()? {
+                    t.member(&key, &mut m)?;
+                }
+                // An object without a string name is the empty target (as before).
+                Ok(Target(Some(t.0.unwrap_or(Cow::Borrowed("")))))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `external`: present and not null.
+struct NotNull(bool);
+
+impl<'de> Deserialize<'de> for NotNull {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(NotNull(!matches!(
+            serde::Deserialize::deserialize(d)?,
+            NullOr::Null
+        )))
+    }
+}
+
+/// Null, or anything else (skipped).
+enum NullOr {
+    Null,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for NullOr {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = NullOr;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(NullOr::Other)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(NullOr::Other)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(NullOr::Other)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(NullOr::Other)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(NullOr::Null)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(NullOr::Null)
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(NullOr::Other)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, s: A) -> Result<Self::Value, A::Error> {
+                drain_seq(s).map(|_| NullOr::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<Self::Value, A::Error> {
+                drain_map(m).map(|_| NullOr::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `dependencies`: a list of edges, or (specfile v1) a map of names to edges; anything
+/// else is no dependencies. Each edge is read leniently; one that is not an object has no
+/// name nor hash (an error once the node is made).
+struct Deps<'a>(Vec<(Option<Cow<'a, str>>, EdgeFields<'a>)>);
+
+impl<'de> Deserialize<'de> for Deps<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Deps<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            lenient_scalars!(Deps(Vec::new()));
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(Deps(Vec::new()))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(Obj(e)) = s.next_element::<Obj<EdgeFields>>()? {
+                    out.push((None, e));
+                }
+                Ok(Deps(out))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+                // A repeated name counts once, the last (as a JSON object reads).
+                let mut out: Vec<(Option<Cow<'de, str>>, EdgeFields<'de>)> = Vec::new();
+                while let Some(key) = m.next_key::<Cow<'de, str>>()? {
+                    let Obj(e) = m.next_value::<Obj<EdgeFields>>()?;
+                    match out.iter_mut().find(|(k, _)| k.as_deref() == Some(&key)) {
+                        Some(slot) => slot.1 = e,
+                        None => out.push((Some(key), e)),
+                    }
+                }
+                Ok(Deps(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> ObjFields<'de> for EdgeFields<'de> {
+    fn member<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
+        match key {
+            "name" => self.name = map.next_value::<Str>()?.0,
+            "hash" => self.hash = map.next_value::<Str>()?.0,
+            "build_hash" => self.build_hash = map.next_value::<Str>()?.0,
+            "full_hash" => self.full_hash = map.next_value::<Str>()?.0,
+            "type" => self.kind = map.next_value::<Strs>()?.0,
+            "parameters" => {
+                let p = map.next_value::<Obj<ParamFields>>()?.0;
+                self.param_deptypes = p.deptypes;
+                self.virtuals = p.virtuals;
+            }
+            _ => skip(map)?,
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct ParamFields<'a> {
+    deptypes: Option<Vec<Cow<'a, str>>>,
+    virtuals: Vec<Cow<'a, str>>,
+}
+
+impl<'de> ObjFields<'de> for ParamFields<'de> {
+    fn member<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
+        match key {
+            "deptypes" => self.deptypes = Some(map.next_value::<Strs>()?.0),
+            "virtuals" => self.virtuals = map.next_value::<Strs>()?.0,
+            _ => skip(map)?,
+        }
+        Ok(())
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeFields<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Obj::<NodeFields>::deserialize(d)?.0)
+    }
 }
 
 /// The compiler of `node`: the `compiler` object of specfiles ≤ v4, else the dependency
@@ -184,7 +647,7 @@ pub fn compiler_of<'a>(
     ["c", "cxx", "fortran"].iter().find_map(|lang| {
         node.deps
             .iter()
-            .filter(|e| e.virtuals.iter().any(|v| v == lang))
+            .filter(|e| e.provides(lang))
             .find_map(|e| lookup(&e.hash))
             .map(|n| (n.name.clone(), n.version.clone()))
     })
@@ -254,7 +717,10 @@ impl SpecDag {
         };
         let mut nodes = IndexMap::new();
         for n in &list {
-            let node = SpecNode::from_json(n, what)?;
+            let mut node = SpecNode::from_json(n, what)?;
+            // A package's own DAG is small: its nodes keep their JSON (a listing of a
+            // mirror without index writes it into the database at the install root).
+            node.raw = RawSpec::Value(Arc::new(n.clone()));
             nodes.entry(node.hash.clone()).or_insert(node);
         }
         let root = nodes
@@ -310,8 +776,8 @@ impl SpecDag {
             let mut children: Vec<&DepEdge> = node.deps.iter().filter(|e| e.is("link")).collect();
             children.sort_by(|a, b| a.name.cmp(&b.name));
             for e in children {
-                if seen.insert(e.hash.clone()) {
-                    queue.push_back(e.hash.clone());
+                if seen.insert(e.hash.to_string()) {
+                    queue.push_back(e.hash.to_string());
                 }
             }
         }
@@ -319,8 +785,8 @@ impl SpecDag {
         let mut run: Vec<&DepEdge> = root.deps.iter().filter(|e| e.is("run")).collect();
         run.sort_by(|a, b| a.name.cmp(&b.name));
         for e in run {
-            if seen.insert(e.hash.clone()) {
-                if let Some(n) = self.nodes.get(&e.hash) {
+            if seen.insert(e.hash.to_string()) {
+                if let Some(n) = self.nodes.get(&*e.hash) {
                     out.push(n);
                 }
             }
@@ -356,7 +822,7 @@ mod tests {
             .map(|n| n.name.clone())
             .collect();
         assert_eq!(names, ["app", "bzip2", "zlib", "python"]);
-        assert_eq!(dag.root_node().target, "zen3");
+        assert_eq!(&*dag.root_node().target, "zen3");
         assert_eq!(
             dag.compiler_of(dag.root_node()),
             Some(("gcc".into(), "12".into()))

@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::FutureExt;
-use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use super::materialise::{self, Target, Timings};
@@ -318,17 +317,19 @@ impl LiveCatalog {
     /// Keep each mirror's verified index in the cache, for mounts while it is unreachable.
     pub fn keep_indexes(&self) {
         for (i, m) in self.catalog.set().mirrors().iter().enumerate() {
-            let Some(json) = self.catalog.kept_index_json(i) else {
-                continue;
-            };
             let kept = self.store.index_path(m.url());
             // A file of its own, renamed into place: a concurrent keeper never mixes in.
             let written = kept
                 .parent()
                 .ok_or_else(|| std::io::Error::other("no index directory"))
                 .and_then(tempfile::NamedTempFile::new_in)
-                .and_then(|mut tmp| {
-                    std::io::Write::write_all(&mut tmp, &json)?;
+                .and_then(|tmp| {
+                    let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp);
+                    match self.catalog.write_kept_index(i, &mut out) {
+                        None => return Ok(()),
+                        Some(r) => r?,
+                    }
+                    let tmp = out.into_inner().map_err(|e| e.into_error())?;
                     tmp.persist(&kept).map(drop).map_err(|e| e.error)
                 });
             if let Err(e) = written {
@@ -805,16 +806,22 @@ impl LiveCatalog {
         }
     }
 
-    /// A Spack database (format doc 3) naming every package at its prefix under the mount
-    /// point, so that Spack can use the mount as an upstream.
-    pub fn spack_db(&self) -> Vec<u8> {
-        let pk = self.packages.read().unwrap();
-        let listed: Vec<&Arc<LivePackage>> = pk.list.iter().filter(|p| p.is_listed()).collect();
+    /// Write a Spack database (format doc 3) naming every package at its prefix under the
+    /// mount point, so that Spack can use the mount as an upstream. Streamed record by
+    /// record: each spec is read back from where its index kept it.
+    pub fn write_spack_db(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let listed: Vec<Arc<LivePackage>> = {
+            let pk = self.packages.read().unwrap();
+            pk.list.iter().filter(|p| p.is_listed()).cloned().collect()
+        };
         let mut refs: HashMap<&str, u64> = HashMap::new();
-        for p in &listed {
-            for d in &p.node.deps {
-                if pk.by_hash.contains_key(&d.hash) {
-                    *refs.entry(d.hash.as_str()).or_default() += 1;
+        {
+            let pk = self.packages.read().unwrap();
+            for p in &listed {
+                for d in &p.node.deps {
+                    if pk.by_hash.contains_key(&*d.hash) {
+                        *refs.entry(&*d.hash).or_default() += 1;
+                    }
                 }
             }
         }
@@ -823,26 +830,24 @@ impl LiveCatalog {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
-        let mut installs = serde_json::Map::new();
-        for p in &listed {
-            let mut spec: Value = p.node.raw.clone();
-            if let Some(o) = spec.as_object_mut() {
-                o.insert("hash".into(), Value::String(p.node.hash.clone()));
+        out.write_all(br#"{"database":{"version":"8","installs":{"#)?;
+        for (i, p) in listed.iter().enumerate() {
+            let n = &p.node;
+            if i > 0 {
+                out.write_all(b",")?;
             }
-            installs.insert(
-                p.node.hash.clone(),
-                json!({
-                    "spec": spec,
-                    "ref_count": refs.get(p.node.hash.as_str()).copied().unwrap_or(0),
-                    "path": format!("{}/{}", self.target.root, p.rel_path),
-                    "installed": true,
-                    "explicit": false,
-                    "installation_time": time,
-                }),
-            );
+            serde_json::to_writer(&mut *out, &n.hash)?;
+            out.write_all(br#":{"spec":"#)?;
+            n.raw.write_to(out, &n.name, &n.version, &n.hash)?;
+            out.write_all(br#","ref_count":"#)?;
+            write!(out, "{}", refs.get(n.hash.as_str()).copied().unwrap_or(0))?;
+            out.write_all(br#","path":"#)?;
+            serde_json::to_writer(&mut *out, &format!("{}/{}", self.target.root, p.rel_path))?;
+            out.write_all(br#","installed":true,"explicit":false,"installation_time":"#)?;
+            serde_json::to_writer(&mut *out, &time)?;
+            out.write_all(b"}")?;
         }
-        serde_json::to_vec(&json!({"database": {"version": "8", "installs": installs}}))
-            .expect("JSON serialises")
+        out.write_all(b"}}}")
     }
 }
 

@@ -383,7 +383,7 @@ impl Catalog {
 
     /// List mirror `i` from an index kept on disk (a Spack database), because the mirror
     /// cannot be read now. Its packages are still fetched from it (and verified) on use.
-    pub fn adopt_kept(&self, i: usize, json: &[u8]) -> Result<usize, FormatError> {
+    pub fn adopt_kept(&self, i: usize, json: impl std::io::Read) -> Result<usize, FormatError> {
         let records = self.set.mirrors()[i].kept_index(json)?;
         let n = records.iter().filter(|r| r.in_buildcache).count();
         {
@@ -396,9 +396,14 @@ impl Catalog {
         Ok(n)
     }
 
-    /// Mirror `i`'s package list as a Spack database, to keep for offline use; `None` when
-    /// nothing verified was read from it (a kept index is never re-kept as fresh).
-    pub fn kept_index_json(&self, i: usize) -> Option<Vec<u8>> {
+    /// Write mirror `i`'s package list as a Spack database, to keep for offline use;
+    /// `None` when nothing verified was read from it (a kept index is never re-kept as
+    /// fresh).
+    pub fn write_kept_index(
+        &self,
+        i: usize,
+        out: &mut dyn std::io::Write,
+    ) -> Option<std::io::Result<()>> {
         let recs = {
             let sources = self.sources.lock().unwrap();
             let s = sources.get(i)?;
@@ -407,7 +412,10 @@ impl Catalog {
             }
             s.records.clone()?
         };
-        Some(database_json(recs.iter().map(|(n, c)| (n.as_ref(), *c))))
+        Some(write_database(
+            recs.iter().map(|(n, c)| (n.as_ref(), *c)),
+            out,
+        ))
     }
 
     /// Read every mirror's index again (conditional requests): returns whether the merged
@@ -577,7 +585,7 @@ impl Catalog {
                 };
                 for e in &dag.root_node().deps {
                     if e.is("link") || e.is("run") {
-                        if let Some(dep) = dag.nodes.get(&e.hash) {
+                        if let Some(dep) = dag.nodes.get(&*e.hash) {
                             wave.push((Arc::new(dep.clone()), Some(node.display())));
                         }
                     }
@@ -604,10 +612,13 @@ impl Catalog {
     }
 }
 
-/// A Spack database (`{"database":{"version":"8","installs":{…}}}`) of index records,
-/// serialised record by record.
-pub fn database_json<'a>(records: impl Iterator<Item = (&'a SpecNode, bool)>) -> Vec<u8> {
-    let mut out = br#"{"database":{"version":"8","installs":{"#.to_vec();
+/// Write a Spack database (`{"database":{"version":"8","installs":{…}}}`) of index
+/// records, record by record (each spec read back from where it is kept).
+pub fn write_database<'a>(
+    records: impl Iterator<Item = (&'a SpecNode, bool)>,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
+    out.write_all(br#"{"database":{"version":"8","installs":{"#)?;
     let mut first = true;
     let mut seen = HashSet::new();
     for (node, in_cache) in records {
@@ -615,16 +626,16 @@ pub fn database_json<'a>(records: impl Iterator<Item = (&'a SpecNode, bool)>) ->
             continue;
         }
         if !first {
-            out.push(b',');
+            out.write_all(b",")?;
         }
         first = false;
-        serde_json::to_writer(&mut out, &node.hash).expect("JSON serialises");
-        out.extend_from_slice(br#":{"spec":"#);
-        serde_json::to_writer(&mut out, &node.raw).expect("JSON serialises");
-        out.extend_from_slice(format!(r#","ref_count":0,"in_buildcache":{in_cache}}}"#).as_bytes());
+        serde_json::to_writer(&mut *out, &node.hash)?;
+        out.write_all(br#":{"spec":"#)?;
+        node.raw
+            .write_to(out, &node.name, &node.version, &node.hash)?;
+        write!(out, r#","ref_count":0,"in_buildcache":{in_cache}}}"#)?;
     }
-    out.extend_from_slice(b"}}}");
-    out
+    out.write_all(b"}}}")
 }
 
 /// The packages to install for a request.
@@ -708,22 +719,35 @@ mod tests {
         assert_eq!(ns.indexed().count(), 3);
     }
 
+    /// A database written from spooled records parses back to the same records, with
+    /// the record keys as hashes and each spec's other members kept.
     #[test]
-    fn database_json_round_trips_through_the_index_parser() {
-        let a = SpecNode::from_json(
-            &serde_json::json!({"name":"a","version":"1","hash":"aaa"}),
-            "t",
+    fn a_written_database_round_trips_through_the_index_parser() {
+        let db = br#"{"database":{"version":"8","installs":{
+            "aaa":{"spec":{"name":"a","version":"1","hash":"aaa","arch":{"target":{"name":"zen3"}}},"in_buildcache":true},
+            "bbb":{"spec":{"name":"b","version":"2","hash":"zzz"},"in_buildcache":false}}}}"#;
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = crate::buildcache::rawspec::SpoolWriter::new(dir.path()).unwrap();
+        let recs = crate::buildcache::index::parse_reader(&db[..], "t", Some(&mut spool)).unwrap();
+        let mut json = Vec::new();
+        write_database(
+            recs.iter()
+                .chain(recs.iter())
+                .map(|r| (&r.node, r.in_buildcache)),
+            &mut json,
         )
         .unwrap();
-        let b = SpecNode::from_json(
-            &serde_json::json!({"name":"b","version":"2","hash":"bbb"}),
-            "t",
-        )
-        .unwrap();
-        let json = database_json([(&a, true), (&b, false), (&a, false)].into_iter());
-        let recs = crate::buildcache::index::parse(&json, "t").unwrap();
-        assert_eq!(recs.len(), 2);
-        assert!(recs[0].in_buildcache && !recs[1].in_buildcache);
-        assert_eq!(recs[1].node.name, "b");
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        let installs = v["database"]["installs"].as_object().unwrap();
+        assert_eq!(installs.len(), 2);
+        assert_eq!(installs["aaa"]["spec"]["arch"]["target"]["name"], "zen3");
+        assert_eq!(installs["bbb"]["spec"]["hash"], "bbb");
+        let again = crate::buildcache::index::parse(&json, "t").unwrap();
+        assert_eq!(again.len(), 2);
+        assert!(again[0].in_buildcache && !again[1].in_buildcache);
+        assert_eq!(
+            (again[1].node.name.as_str(), again[1].node.hash.as_str()),
+            ("b", "bbb")
+        );
     }
 }

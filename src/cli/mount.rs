@@ -204,6 +204,11 @@ pub(crate) async fn mount(
         .to_string();
     let store = Arc::new(spackfs::store::Store::open(&opts.cache_dir, opts.bound)?);
     let set = super::mirror_set(cfgs, &opts.remote, opts.backoff, opts.index_ttl)?;
+    for m in set.mirrors() {
+        // The specs of the indexes, for the database at the mount's root and the kept
+        // indexes: on the cache's disk, not in memory.
+        m.keep_specs_in(store.root().join("index"));
+    }
     let (catalog, failed) = Catalog::open(set).await;
     let mut listed_any = failed.len() < cfgs.len();
     let mut first_error = None;
@@ -213,10 +218,12 @@ pub(crate) async fn mount(
         // Only an unreachable mirror is listed from its kept index: one whose index fails
         // verification lists nothing.
         let index = match e.class() {
-            FailureClass::Endpoint => std::fs::read(&kept).ok(),
+            FailureClass::Endpoint => std::fs::File::open(&kept)
+                .ok()
+                .map(|f| std::io::BufReader::with_capacity(1 << 20, f)),
             _ => None,
         };
-        match index.map(|json| catalog.adopt_kept(i, &json)) {
+        match index.map(|json| catalog.adopt_kept(i, json)) {
             Some(Ok(n)) => {
                 listed_any = true;
                 tracing::warn!(

@@ -117,8 +117,8 @@ fn select(
         }
         if let Some(p) = all.get(&h) {
             for d in &p.node.deps {
-                if (d.is("link") || d.is("run")) && all.contains_key(&d.hash) {
-                    wanted.push(d.hash.clone());
+                if (d.is("link") || d.is("run")) && all.contains_key(&*d.hash) {
+                    wanted.push(d.hash.to_string());
                 }
             }
             order.push(h);

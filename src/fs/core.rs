@@ -6,7 +6,7 @@
 //! it in-process; `fuse.rs` only decodes requests and sends replies.
 
 use std::collections::HashMap;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -19,6 +19,7 @@ use fuser::{Errno, FileAttr, FileType, INodeNo};
 
 use super::errno::ToErrno;
 use super::inodes::{Inodes, Listing, Node, ROOT};
+use super::spack_db::{DbFile, SpackDb};
 use crate::catalog::live::{LiveCatalog, NamespaceChange, Observer, State};
 use crate::store::ReadyPrefix;
 
@@ -41,11 +42,13 @@ enum Handle {
         _pin: Option<crate::store::Pin>,
     },
     Memory(Arc<Vec<u8>>),
+    /// The database at the root, as written when the file was opened.
+    Db(Arc<DbFile>),
 }
 
 /// What `open` gives the adapter.
 pub enum Opened {
-    /// An in-memory file (`.spack-db/index.json`, `bin/sbang`).
+    /// A file the daemon serves (`.spack-db/index.json`, `bin/sbang`).
     Memory,
     /// A file of a ready prefix, for the kernel to read directly when it can.
     Backed(Arc<File>),
@@ -74,6 +77,7 @@ pub struct FsCore {
     gid: u32,
     /// The inode of `.spack-db/index.json` (rewritten when the namespace changes).
     db_ino: u64,
+    db: Arc<SpackDb>,
 }
 
 impl FsCore {
@@ -86,13 +90,8 @@ impl FsCore {
                 inodes.add_package(&p.rel_path, i);
             }
         }
-        let db_ino = inodes.add_path(
-            ".spack-db/index.json",
-            Node::File {
-                data: Arc::new(live.spack_db()),
-                mode: 0o644,
-            },
-        );
+        let db_ino = inodes.add_path(".spack-db/index.json", Node::SpackDb);
+        let db = Arc::new(SpackDb::new(live.store().root().join("index")));
         let bin = inodes.child(ROOT, OsStr::new("bin"));
         if bin.is_none_or(|b| matches!(inodes.get(b), Some(Node::Dir { .. }))) {
             inodes.add_path(
@@ -124,6 +123,7 @@ impl FsCore {
             uid,
             gid,
             db_ino,
+            db,
         }
     }
 
@@ -146,6 +146,7 @@ impl FsCore {
         ObserverParts {
             inodes: self.inodes.clone(),
             db_ino: self.db_ino,
+            db: self.db.clone(),
         }
     }
 
@@ -185,10 +186,22 @@ impl FsCore {
             Node::File { data, mode } => {
                 self.virtual_attr(ino, FileType::RegularFile, *mode, data.len() as u64)
             }
+            Node::SpackDb => {
+                let db = self.spack_db()?;
+                self.virtual_attr(ino, FileType::RegularFile, 0o644, db.len())
+            }
             Node::Backed { path, .. } => {
                 let m = std::fs::symlink_metadata(path).map_err(|e| e.errno())?;
                 backed_attr(ino, &m)
             }
+        })
+    }
+
+    /// The database at the root, written now if the package list changed since.
+    fn spack_db(&self) -> Result<Arc<DbFile>, Errno> {
+        self.db.get(&self.live).map_err(|e| {
+            tracing::error!("cannot write .spack-db/index.json: {e}");
+            e.errno()
         })
     }
 
@@ -294,6 +307,12 @@ impl FsCore {
                     .insert(fh, Handle::Memory(data));
                 Ok((fh, Opened::Memory))
             }
+            Some(Node::SpackDb) => {
+                let db = self.spack_db()?;
+                let fh = self.next_fh();
+                self.handles.lock().unwrap().insert(fh, Handle::Db(db));
+                Ok((fh, Opened::Memory))
+            }
             Some(Node::Backed { path, pkg }) => {
                 // Open files keep their prefix from eviction.
                 let pin = self.live.pin(pkg);
@@ -336,6 +355,11 @@ impl FsCore {
                 let end = (start + size as usize).min(data.len());
                 Ok(data[start..end].to_vec())
             }
+            Some(Handle::Db(db)) => {
+                let db = db.clone();
+                drop(handles);
+                db.read(offset, size).map_err(|e| e.errno())
+            }
             Some(Handle::Backed { file, .. }) => {
                 let file = file.clone();
                 drop(handles);
@@ -370,7 +394,7 @@ impl FsCore {
                     .iter()
                     .map(|(name, &child)| {
                         let kind = match self.inodes.get(child) {
-                            Some(Node::File { .. }) => FileType::RegularFile,
+                            Some(Node::File { .. } | Node::SpackDb) => FileType::RegularFile,
                             _ => FileType::Directory,
                         };
                         (child, kind, name.clone())
@@ -384,7 +408,7 @@ impl FsCore {
                 let dir = self.ready_dir(pkg).await?;
                 listing(&self.inodes, ino, dir.path(), pkg)?
             }
-            Some(Node::File { .. }) => return Err(Errno::ENOTDIR),
+            Some(Node::File { .. } | Node::SpackDb) => return Err(Errno::ENOTDIR),
             None => return Err(Errno::ENOENT),
         };
         let fh = self.next_fh();
@@ -393,13 +417,15 @@ impl FsCore {
     }
 
     /// The entries of open directory `fh` (inode `ino`) from position `offset` on, with `.`
-    /// and `..` first; each entry's position is its index + 1.
+    /// and `..` first, given to `add` with the position after each (its index + 1) until
+    /// `add` says the reply is full: a call costs what it returns, not the directory's size.
     pub fn readdir(
         &self,
         ino: u64,
         fh: u64,
         offset: u64,
-    ) -> Result<Vec<(u64, FileType, OsString)>, Errno> {
+        mut add: impl FnMut(u64, FileType, &OsStr, u64) -> bool,
+    ) -> Result<(), Errno> {
         let entries = self
             .dirs
             .lock()
@@ -407,15 +433,22 @@ impl FsCore {
             .get(&fh)
             .cloned()
             .ok_or(Errno::EBADF)?;
-        let dots = [
-            (ino, FileType::Directory, OsString::from(".")),
-            (ino, FileType::Directory, OsString::from("..")),
-        ];
-        Ok(dots
-            .into_iter()
-            .chain(entries.iter().cloned())
-            .skip(offset as usize)
-            .collect())
+        let mut pos = offset;
+        while pos < 2 {
+            let name = if pos == 0 { "." } else { ".." };
+            pos += 1;
+            if add(ino, FileType::Directory, OsStr::new(name), pos) {
+                return Ok(());
+            }
+        }
+        let start = usize::try_from(pos - 2).unwrap_or(usize::MAX);
+        for (child, kind, name) in entries.iter().skip(start) {
+            pos += 1;
+            if add(*child, *kind, name, pos) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     pub fn releasedir(&self, fh: u64) {
@@ -547,6 +580,7 @@ impl FsCore {
 pub struct ObserverParts {
     inodes: Arc<Inodes>,
     db_ino: u64,
+    db: Arc<SpackDb>,
 }
 
 /// What the kernel is told to forget.
@@ -565,6 +599,7 @@ impl ObserverParts {
         Box::new(TreeObserver {
             inodes: self.inodes,
             db_ino: self.db_ino,
+            db: self.db,
             kernel,
         })
     }
@@ -573,6 +608,7 @@ impl ObserverParts {
 struct TreeObserver {
     inodes: Arc<Inodes>,
     db_ino: u64,
+    db: Arc<SpackDb>,
     kernel: Box<dyn KernelCache>,
 }
 
@@ -607,7 +643,7 @@ impl Observer for TreeObserver {
                 self.forget_entry_and_listing(parent, &name);
             }
         }
-        self.inodes.set_file(self.db_ino, Arc::new(live.spack_db()));
+        self.db.invalidate();
         self.kernel.forget_inode(self.db_ino);
     }
 }
@@ -714,12 +750,19 @@ mod tests {
         let cache = tempfile::tempdir().unwrap();
         let (core, faults) = core_over(&m, cache.path()).await;
         let fh = core.opendir(ROOT).await.unwrap();
-        let names: Vec<_> = core
-            .readdir(ROOT, fh, 0)
-            .unwrap()
-            .into_iter()
-            .map(|e| e.2)
-            .collect();
+        // Read in pages of two entries, each call resuming where the last one stopped.
+        let (mut names, mut offset) = (Vec::new(), 0);
+        loop {
+            let mut page = Vec::new();
+            core.readdir(ROOT, fh, offset, |_, _, name, next| {
+                page.push((name.to_os_string(), next));
+                page.len() == 2
+            })
+            .unwrap();
+            let Some(&(_, last)) = page.last() else { break };
+            offset = last;
+            names.extend(page.into_iter().map(|(n, _)| n));
+        }
         assert_eq!(names, [".", "..", ".spack-db", "bin", "linux-x86_64"]);
         // Listing fetched nothing.
         assert_eq!(faults.count("blobs/"), 1, "only the index blob");

@@ -355,16 +355,15 @@ impl Filesystem for SpackFs {
         mut reply: ReplyDirectory,
     ) {
         crate::metrics::global().fuse_op(crate::metrics::FuseOp::Readdir);
-        let entries = match self.core.readdir(ino.0, fh.0, offset) {
-            Ok(e) => e,
-            Err(e) => return reply.error(e),
-        };
-        for (i, (child, kind, name)) in entries.into_iter().enumerate() {
-            if reply.add(INodeNo(child), offset + i as u64 + 1, kind, &name) {
-                break;
-            }
+        let listed = self
+            .core
+            .readdir(ino.0, fh.0, offset, |child, kind, name, next| {
+                reply.add(INodeNo(child), next, kind, name)
+            });
+        match listed {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         }
-        reply.ok();
     }
 
     fn releasedir(

@@ -19,6 +19,8 @@ pub enum Node {
     },
     /// A file held in memory.
     File { data: Arc<Vec<u8>>, mode: u16 },
+    /// `.spack-db/index.json` (written on first use, see `fs::spack_db`).
+    SpackDb,
     /// The top directory of a package (index into the live catalog's packages).
     Package { pkg: usize },
     /// A file, directory or symlink inside a ready package.
@@ -157,14 +159,6 @@ impl Inodes {
     /// Where package `pkg`'s directory sits: (parent inode, name, inode).
     pub fn package_entry(&self, pkg: usize) -> Option<(u64, OsString, u64)> {
         self.packages.read().unwrap().get(&pkg).cloned()
-    }
-
-    /// Replace the contents of an in-memory file.
-    pub fn set_file(&self, ino: u64, data: Arc<Vec<u8>>) {
-        if let Some(Node::File { data: d, .. }) = self.nodes.write().unwrap().get_mut(ino as usize)
-        {
-            *d = data;
-        }
     }
 
     /// A virtual directory's child.

@@ -447,6 +447,7 @@ impl Mirror {
         let (reader, failure) = pump::pump(body, self.url(), path);
         let what = format!("{}/{path}", self.url());
         let w = what.clone();
+        let mut spool = self.new_spool()?;
         let joined = tokio::task::spawn_blocking(move || {
             // Never more than the manifest announces (one byte more tells it lied).
             let reader = std::io::Read::take(reader, size.map_or(u64::MAX, |s| s + 1));
@@ -454,10 +455,12 @@ impl Mirror {
             let parsed = {
                 let mut buf = BufReader::with_capacity(256 * 1024, &mut hashing);
                 match buf.fill_buf() {
-                    Ok([0x1f, 0x8b, ..]) => {
-                        index::parse_reader(flate2::bufread::MultiGzDecoder::new(buf), &w)
-                    }
-                    Ok(_) => index::parse_reader(buf, &w),
+                    Ok([0x1f, 0x8b, ..]) => index::parse_reader(
+                        flate2::bufread::MultiGzDecoder::new(buf),
+                        &w,
+                        spool.as_mut(),
+                    ),
+                    Ok(_) => index::parse_reader(buf, &w, spool.as_mut()),
                     Err(e) => Err(crate::buildcache::FormatError::invalid(&w, e.to_string())),
                 }
             };

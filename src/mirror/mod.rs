@@ -171,6 +171,9 @@ pub struct Mirror {
     /// Where a listing found each package's v2 spec file.
     v2_paths: Mutex<HashMap<String, String>>,
     index_state: Mutex<index::IndexState>,
+    /// Where the specs of its index are kept while listed (a mount's cache); unset, the
+    /// records keep no JSON.
+    spool_dir: std::sync::OnceLock<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Mirror {
@@ -198,7 +201,32 @@ impl Mirror {
             absent_ttl,
             v2_paths: Mutex::default(),
             index_state: Mutex::default(),
+            spool_dir: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Keep the specs of this mirror's index records in a spool file in `dir` (a mount
+    /// writes them into the database at its root); without it, records keep no JSON.
+    pub fn keep_specs_in(&self, dir: std::path::PathBuf) {
+        let _ = self.spool_dir.set(dir);
+    }
+
+    /// A spool for the specs of an index read now, when they are kept.
+    pub(crate) fn new_spool(
+        &self,
+    ) -> Result<Option<crate::buildcache::rawspec::SpoolWriter>, MirrorError> {
+        let Some(dir) = self.spool_dir.get() else {
+            return Ok(None);
+        };
+        crate::buildcache::rawspec::SpoolWriter::new(dir)
+            .map(Some)
+            .map_err(|e| MirrorError::Format {
+                mirror: self.url().to_string(),
+                source: crate::buildcache::FormatError::invalid(
+                    dir.display().to_string(),
+                    format!("cannot make a spool for the index specs: {e}"),
+                ),
+            })
     }
 
     pub fn url(&self) -> &str {
@@ -576,9 +604,19 @@ impl Mirror {
 
     /// The package list of this mirror's index kept on disk (a Spack database written by
     /// this program from a verified index): vouched for as the cache's own file.
-    pub fn kept_index(&self, json: &[u8]) -> Result<Verified<Vec<IndexRecord>>, FormatError> {
+    pub fn kept_index(
+        &self,
+        reader: impl std::io::Read,
+    ) -> Result<Verified<Vec<IndexRecord>>, FormatError> {
         let what = format!("kept index of {}", self.url());
-        Ok(Verified::new(crate::buildcache::index::parse(json, &what)?))
+        let mut spool = self
+            .new_spool()
+            .map_err(|e| FormatError::invalid(&what, e.to_string()))?;
+        Ok(Verified::new(crate::buildcache::index::parse_reader(
+            reader,
+            &what,
+            spool.as_mut(),
+        )?))
     }
 }
 
