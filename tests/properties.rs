@@ -1554,23 +1554,24 @@ fn index_db() {
             let (bytes, _) = input.bytes();
             let whole = bounded(bytes.len(), || index::parse(&bytes, WHAT))?;
             let chunk = bytes.len() % 7 + 1;
-            let streamed = bounded(bytes.len(), || {
-                index::parse_reader(
-                    Chunked {
-                        data: &bytes,
-                        chunk,
-                    },
-                    WHAT,
-                    None,
-                )
-            })?;
+            // As a mount reads it: copied to a spool in pieces, then parsed from its map.
+            let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+            let mut pieces = Chunked {
+                data: &bytes,
+                chunk,
+            };
+            let spool = std::sync::Arc::new(
+                spackfs::buildcache::rawspec::Spool::copy_from(dir.path(), &mut pieces)
+                    .map_err(|e| e.to_string())?,
+            );
+            let streamed = bounded(bytes.len(), || index::parse_spool(&spool, WHAT))?;
             match (whole, streamed) {
                 (Ok(a), Ok(b)) => {
                     accepted();
                     let (a, b) = (listing(&a)?, listing(&b)?);
                     ensure!(
                         a == b,
-                        "read whole: {a:?}, read in {chunk}-byte pieces: {b:?}"
+                        "read whole: {a:?}, spooled in {chunk}-byte pieces: {b:?}"
                     );
                     Ok(())
                 }
@@ -1579,7 +1580,7 @@ fn index_db() {
                     clear(&b.to_string())
                 }
                 (a, b) => Err(format!(
-                    "read whole: {:?}; read in {chunk}-byte pieces: {:?}",
+                    "read whole: {:?}; spooled in {chunk}-byte pieces: {:?}",
                     a.map(|r| r.len()),
                     b.map(|r| r.len())
                 )),

@@ -3,13 +3,15 @@
 //! records, and nothing is ever cut short).
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::rawspec::SpoolWriter;
+use super::rawspec::Spool;
 use super::spec::{Interner, SpecNode};
 use super::FormatError;
 
@@ -23,82 +25,169 @@ pub struct IndexRecord {
 /// Parse an index database held in memory; records keep index order. Accepts DB versions
 /// 6, 7 and 8. The nodes keep no JSON.
 pub fn parse(json: &[u8], what: &str) -> Result<Vec<IndexRecord>, FormatError> {
-    parse_reader(json, what, None)
+    parse_bytes(json, what, None)
 }
 
-/// Parse an index database from a reader in one pass, record by record (the reader is read
-/// to the end of the JSON document; trailing bytes other than whitespace are an error).
-/// Each record's spec is read as text, its fields taken from that text (strings shared
-/// across records), and the text appended to `spool` when one is given (the node then
-/// points at it); nothing else of the record is held.
-pub fn parse_reader(
-    reader: impl std::io::Read,
+/// Parse the index database a spool holds (its whole content); every node points at its
+/// spec's text in the spool.
+pub fn parse_spool(spool: &Arc<Spool>, what: &str) -> Result<Vec<IndexRecord>, FormatError> {
+    if spool.is_empty() {
+        return parse(b"", what);
+    }
+    let map = spool
+        .map()
+        .map_err(|e| FormatError::invalid(what, format!("mapping the index: {e}")))?;
+    parse_bytes(&map, what, Some((spool, &map)))
+}
+
+/// Records are handed to the parsing threads in batches of this many.
+const BATCH: usize = 256;
+/// Below this size an index is parsed on the calling thread alone.
+const PARALLEL_FROM: usize = 4 << 20;
+/// The mapped bytes more than this far behind the parse are released (the peak memory of
+/// a parse does not grow with the index); a multiple of every page size.
+const WINDOW: usize = 16 << 20;
+
+/// One pass over the JSON text (never a tree of it): the envelope is walked on the calling
+/// thread, each record's spec found as a slice of the text, and the specs are parsed, in
+/// batches, on worker threads (one per core, up to 4) while the walk goes on. Records keep
+/// file order; the first error in file order is the one reported.
+fn parse_bytes(
+    json: &[u8],
     what: &str,
-    spool: Option<&mut SpoolWriter>,
+    keep: Option<(&Arc<Spool>, &memmap2::Mmap)>,
 ) -> Result<Vec<IndexRecord>, FormatError> {
-    let mut state = Parse {
+    let workers = if json.len() < PARALLEL_FROM {
+        0
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+    };
+    let specs = Specs {
         what,
-        out: Vec::new(),
-        interner: Interner::default(),
-        spool,
-        error: None,
+        base: json.as_ptr() as usize,
+        spool: keep.map(|k| k.0),
     };
-    let mut de = serde_json::Deserializer::from_reader(reader);
-    let parsed = EnvelopeSeed(&mut state).deserialize(&mut de);
-    let json_err = |source| FormatError::Json {
-        what: what.to_string(),
-        source,
-    };
-    let version = match parsed {
-        Ok(v) => v,
-        // A record that failed is the error to report, not serde's wrapping of it.
-        Err(e) => return Err(state.error.take().unwrap_or_else(|| json_err(e))),
-    };
-    de.end().map_err(json_err)?;
-    let Some(db) = version else {
-        return Err(FormatError::invalid(what, "no \"database\" member"));
-    };
-    let version = match db.version {
-        Some(Value::String(s)) => s.parse::<i64>().ok(),
-        Some(Value::Number(n)) => n.as_i64(),
-        _ => None,
-    }
-    .ok_or_else(|| FormatError::invalid(what, "database without version"))?;
-    if !(6..=8).contains(&version) {
-        return Err(FormatError::invalid(
+    let failed = AtomicBool::new(false);
+    let (done, results) = mpsc::channel::<Done>();
+    // A queue per worker (batches dealt in turn): a worker that stopped closes its own.
+    let (jobs, queues): (Vec<_>, Vec<_>) =
+        (0..workers).map(|_| mpsc::sync_channel::<Batch>(2)).unzip();
+    std::thread::scope(|scope| {
+        for queue in queues {
+            let (done, specs, failed) = (done.clone(), &specs, &failed);
+            scope.spawn(move || {
+                let mut interner = Interner::default();
+                for (no, batch) in queue {
+                    let r = specs.records(batch, &mut interner);
+                    if r.is_err() {
+                        failed.store(true, Ordering::Relaxed);
+                    }
+                    if done.send((no, r)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        let mut state = Parse {
             what,
-            format!("database version {version} is not supported (6 to 8)"),
-        ));
-    }
-    if !db.installs {
-        return Err(FormatError::invalid(what, "database without installs"));
-    }
-    if let Some(spool) = state.spool.take() {
-        spool
-            .flush()
-            .map_err(|e| FormatError::invalid(what, format!("keeping the specs: {e}")))?;
-    }
-    Ok(state.out)
+            base: specs.base,
+            specs: &specs,
+            jobs,
+            done,
+            batch: Vec::with_capacity(BATCH),
+            sent: 0,
+            interner: Interner::default(),
+            failed: &failed,
+            map: keep.map(|k| k.1),
+            released: 0,
+            error: None,
+        };
+        let mut de = serde_json::Deserializer::from_slice(json);
+        let parsed = EnvelopeSeed(&mut state)
+            .deserialize(&mut de)
+            .and_then(|head| de.end().map(|()| head));
+        // The records before the point reached (an error stops there) are all parsed: a
+        // record's own error comes before any later one of the text.
+        state.send_batch();
+        let Parse {
+            jobs, done, error, ..
+        } = state;
+        drop((jobs, done));
+        let mut batches: Vec<Done> = results.iter().collect();
+        batches.sort_unstable_by_key(|(no, _)| *no);
+        let total = batches
+            .iter()
+            .map(|(_, r)| r.as_ref().map_or(0, Vec::len))
+            .sum();
+        let mut out = Vec::with_capacity(total);
+        for (_, r) in batches {
+            out.extend(r?);
+        }
+        let json_err = |source| FormatError::Json {
+            what: what.to_string(),
+            source,
+        };
+        let head = match parsed {
+            Ok(h) => h,
+            // A record that failed is the error to report, not serde's wrapping of it.
+            Err(e) => return Err(error.unwrap_or_else(|| json_err(e))),
+        };
+        let Some(db) = head else {
+            return Err(FormatError::invalid(what, "no \"database\" member"));
+        };
+        let version = match db.version {
+            Some(Value::String(s)) => s.parse::<i64>().ok(),
+            Some(Value::Number(n)) => n.as_i64(),
+            _ => None,
+        }
+        .ok_or_else(|| FormatError::invalid(what, "database without version"))?;
+        if !(6..=8).contains(&version) {
+            return Err(FormatError::invalid(
+                what,
+                format!("database version {version} is not supported (6 to 8)"),
+            ));
+        }
+        if !db.installs {
+            return Err(FormatError::invalid(what, "database without installs"));
+        }
+        Ok(out)
+    })
 }
 
-/// The parse in progress.
-struct Parse<'w, 's> {
-    what: &'w str,
-    out: Vec<IndexRecord>,
-    interner: Interner,
-    spool: Option<&'s mut SpoolWriter>,
-    /// The error of a record, reported instead of serde's custom error carrying it.
-    error: Option<FormatError>,
+/// A record as the walk found it: its key, its spec's text, `in_buildcache`.
+struct Pending<'a> {
+    key: String,
+    spec: &'a RawValue,
+    in_cache: Option<bool>,
 }
 
-impl Parse<'_, '_> {
-    fn record(
-        &mut self,
-        key: String,
-        spec: &RawValue,
-        in_cache: Option<bool>,
-    ) -> Result<(), FormatError> {
+/// A batch of records and its number (file order).
+type Batch<'a> = (usize, Vec<Pending<'a>>);
+type Done = (usize, Result<Vec<IndexRecord>, FormatError>);
+
+/// Makes nodes of records' specs.
+struct Specs<'a> {
+    what: &'a str,
+    /// Where the text starts (a spec's offset in the spool is its distance from here).
+    base: usize,
+    spool: Option<&'a Arc<Spool>>,
+}
+
+impl Specs<'_> {
+    fn records(
+        &self,
+        batch: Vec<Pending<'_>>,
+        interner: &mut Interner,
+    ) -> Result<Vec<IndexRecord>, FormatError> {
+        batch
+            .into_iter()
+            .map(|p| self.record(p, interner))
+            .collect()
+    }
+
+    fn record(&self, p: Pending<'_>, interner: &mut Interner) -> Result<IndexRecord, FormatError> {
         let what = self.what;
+        let key = p.key;
         // The key replaces the spec's hash below, so it is held to the same rule.
         if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(FormatError::invalid(
@@ -106,20 +195,93 @@ impl Parse<'_, '_> {
                 format!("record keyed {key:?}: not a DAG hash"),
             ));
         }
-        let mut node = SpecNode::from_text(spec.get(), what, &mut self.interner)?;
-        let differs = node.hash != key;
-        if let Some(spool) = self.spool.as_deref_mut() {
-            node.raw = spool
-                .append(spec.get(), differs)
-                .map_err(|e| FormatError::invalid(what, format!("keeping the specs: {e}")))?;
+        let text = p.spec.get();
+        let mut node = SpecNode::from_text(text, what, interner)?;
+        if let Some(spool) = self.spool {
+            let offset = (text.as_ptr() as usize - self.base) as u64;
+            node.raw = spool.spec_at(offset, text.len(), node.hash != key);
         }
         // The key is authoritative (format doc 3.2).
         node.hash = key;
-        self.out.push(IndexRecord {
-            in_buildcache: in_cache.unwrap_or(false),
+        Ok(IndexRecord {
+            in_buildcache: p.in_cache.unwrap_or(false),
             node,
-        });
-        Ok(())
+        })
+    }
+}
+
+/// The walk in progress.
+struct Parse<'p, 'a> {
+    what: &'a str,
+    base: usize,
+    specs: &'p Specs<'a>,
+    /// The workers' queues (none: batches are parsed here).
+    jobs: Vec<mpsc::SyncSender<Batch<'a>>>,
+    done: mpsc::Sender<Done>,
+    batch: Vec<Pending<'a>>,
+    sent: usize,
+    interner: Interner,
+    /// A worker's batch failed: the walk stops.
+    failed: &'p AtomicBool,
+    /// The mapped text, released behind the walk.
+    map: Option<&'p memmap2::Mmap>,
+    released: usize,
+    /// An error of the walk, reported instead of serde's custom error carrying it.
+    error: Option<FormatError>,
+}
+
+impl<'a> Parse<'_, 'a> {
+    fn push(&mut self, p: Pending<'a>) {
+        let at = p.spec.get().as_ptr() as usize - self.base;
+        self.batch.push(p);
+        if self.batch.len() == BATCH {
+            self.send_batch();
+        }
+        if let Some(map) = self.map {
+            if at > self.released + 2 * WINDOW {
+                let end = (at - WINDOW) / WINDOW * WINDOW;
+                // SAFETY: the map is a private, read-only map of a file no one writes: pages
+                // dropped here are read again, the same, from the file by whoever touches
+                // them next (a worker still parsing a record there), so no slice of the map
+                // changes. The advice only lowers the resident memory.
+                let _ = unsafe {
+                    map.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        self.released,
+                        end - self.released,
+                    )
+                };
+                self.released = end;
+            }
+        }
+    }
+
+    fn send_batch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
+        let no = self.sent;
+        self.sent += 1;
+        match self.jobs.get(no % self.jobs.len().max(1)) {
+            Some(jobs) => {
+                if jobs.send((no, batch)).is_err() {
+                    // Its worker is gone (it cannot be, short of a bug): no short list.
+                    self.failed.store(true, Ordering::Relaxed);
+                    let _ = self.done.send((
+                        no,
+                        Err(FormatError::invalid(self.what, "a parsing thread stopped")),
+                    ));
+                }
+            }
+            None => {
+                let r = self.specs.records(batch, &mut self.interner);
+                if r.is_err() {
+                    self.failed.store(true, Ordering::Relaxed);
+                }
+                let _ = self.done.send((no, r));
+            }
+        }
     }
 }
 
@@ -131,18 +293,18 @@ struct DbHead {
 }
 
 /// `{"database": …}`; returns the database's head (`None`: no `database` member).
-struct EnvelopeSeed<'p, 'w, 's>(&'p mut Parse<'w, 's>);
+struct EnvelopeSeed<'s, 'p, 'a>(&'s mut Parse<'p, 'a>);
 
-impl<'de> DeserializeSeed<'de> for EnvelopeSeed<'_, '_, '_> {
+impl<'a> DeserializeSeed<'a> for EnvelopeSeed<'_, '_, 'a> {
     type Value = Option<DbHead>;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        struct V<'p, 'w, 's>(&'p mut Parse<'w, 's>);
-        impl<'de> Visitor<'de> for V<'_, '_, '_> {
+    fn deserialize<D: de::Deserializer<'a>>(self, d: D) -> Result<Self::Value, D::Error> {
+        struct V<'s, 'p, 'a>(&'s mut Parse<'p, 'a>);
+        impl<'a> Visitor<'a> for V<'_, '_, 'a> {
             type Value = Option<DbHead>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a Spack database")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            fn visit_map<A: MapAccess<'a>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut head = None;
                 while let Some(key) = map.next_key::<std::borrow::Cow<str>>()? {
                     if key == "database" && head.is_none() {
@@ -158,18 +320,18 @@ impl<'de> DeserializeSeed<'de> for EnvelopeSeed<'_, '_, '_> {
     }
 }
 
-struct DatabaseSeed<'p, 'w, 's>(&'p mut Parse<'w, 's>);
+struct DatabaseSeed<'s, 'p, 'a>(&'s mut Parse<'p, 'a>);
 
-impl<'de> DeserializeSeed<'de> for DatabaseSeed<'_, '_, '_> {
+impl<'a> DeserializeSeed<'a> for DatabaseSeed<'_, '_, 'a> {
     type Value = DbHead;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        struct V<'p, 'w, 's>(&'p mut Parse<'w, 's>);
-        impl<'de> Visitor<'de> for V<'_, '_, '_> {
+    fn deserialize<D: de::Deserializer<'a>>(self, d: D) -> Result<Self::Value, D::Error> {
+        struct V<'s, 'p, 'a>(&'s mut Parse<'p, 'a>);
+        impl<'a> Visitor<'a> for V<'_, '_, 'a> {
             type Value = DbHead;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a database object")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            fn visit_map<A: MapAccess<'a>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut head = DbHead {
                     version: None,
                     installs: false,
@@ -195,19 +357,23 @@ impl<'de> DeserializeSeed<'de> for DatabaseSeed<'_, '_, '_> {
 
 /// The `installs` map, record by record in file order (no map of the whole database is
 /// built); `false` when it is null.
-struct InstallsSeed<'p, 'w, 's>(&'p mut Parse<'w, 's>);
+struct InstallsSeed<'s, 'p, 'a>(&'s mut Parse<'p, 'a>);
 
-impl<'de> DeserializeSeed<'de> for InstallsSeed<'_, '_, '_> {
+impl<'a> DeserializeSeed<'a> for InstallsSeed<'_, '_, 'a> {
     type Value = bool;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
-        struct V<'p, 'w, 's>(&'p mut Parse<'w, 's>);
-        impl<'de> Visitor<'de> for V<'_, '_, '_> {
+    fn deserialize<D: de::Deserializer<'a>>(self, d: D) -> Result<bool, D::Error> {
+        struct V<'s, 'p, 'a>(&'s mut Parse<'p, 'a>);
+        impl<'a> Visitor<'a> for V<'_, '_, 'a> {
             type Value = bool;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a map of hashes to records")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+            fn visit_map<A: MapAccess<'a>>(self, mut map: A) -> Result<bool, A::Error> {
                 while let Some(key) = map.next_key::<String>()? {
+                    if self.0.failed.load(Ordering::Relaxed) {
+                        // A parsed record failed: its error is the one reported.
+                        return Err(de::Error::custom("a record failed"));
+                    }
                     let rec: RawRecord = map.next_value()?;
                     let spec = rec.spec.ok_or_else(|| {
                         self.0.error = Some(FormatError::invalid(
@@ -216,11 +382,11 @@ impl<'de> DeserializeSeed<'de> for InstallsSeed<'_, '_, '_> {
                         ));
                         de::Error::custom("record without spec")
                     })?;
-                    if let Err(e) = self.0.record(key, &spec, rec.in_buildcache) {
-                        let msg = e.to_string();
-                        self.0.error = Some(e);
-                        return Err(de::Error::custom(msg));
-                    }
+                    self.0.push(Pending {
+                        key,
+                        spec,
+                        in_cache: rec.in_buildcache,
+                    });
                 }
                 Ok(true)
             }
@@ -233,20 +399,20 @@ impl<'de> DeserializeSeed<'de> for InstallsSeed<'_, '_, '_> {
 }
 
 /// A record: its spec's text, and `in_buildcache`.
-struct RawRecord {
-    spec: Option<Box<RawValue>>,
+struct RawRecord<'a> {
+    spec: Option<&'a RawValue>,
     in_buildcache: Option<bool>,
 }
 
-impl<'de> Deserialize<'de> for RawRecord {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+impl<'a> Deserialize<'a> for RawRecord<'a> {
+    fn deserialize<D: de::Deserializer<'a>>(d: D) -> Result<Self, D::Error> {
         struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = RawRecord;
+        impl<'a> Visitor<'a> for V {
+            type Value = RawRecord<'a>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("an index record")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawRecord, A::Error> {
+            fn visit_map<A: MapAccess<'a>>(self, mut map: A) -> Result<RawRecord<'a>, A::Error> {
                 let mut rec = RawRecord {
                     spec: None,
                     in_buildcache: None,

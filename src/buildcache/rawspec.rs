@@ -1,15 +1,16 @@
 //! Where the JSON of an index record's spec is kept: not in memory (an index of 200,000
-//! packages holds hundreds of MB of it) but appended, as read, to a spool file of the cache,
-//! and read back by offset when the database at the install root or the kept index is
-//! written. A spool is an unlinked temporary file: it lives as long as the nodes that point
-//! into it.
+//! packages holds hundreds of MB of it) but in a spool, a private copy of the index made as
+//! it is fetched, parsed from a read-only map and read back by offset when the database at
+//! the install root or the kept index is written. A spool is an unlinked temporary file: it
+//! lives as long as the nodes that point into it.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use memmap2::Mmap;
 use serde_json::Value;
 
 /// The JSON of a node, when it is kept.
@@ -77,50 +78,65 @@ impl RawSpec {
     }
 }
 
-/// An append-only file of spec texts.
+/// A private copy of an index's JSON (decompressed), which the records' specs point into.
 #[derive(Debug)]
 pub struct Spool {
     file: File,
+    len: u64,
 }
 
-/// Appends to a [`Spool`]; the texts can be read once [`SpoolWriter::flush`] returned.
-pub struct SpoolWriter {
-    spool: Arc<Spool>,
-    out: BufWriter<File>,
-    offset: u64,
-}
+/// The most bytes an index may hold once inflated (a gzip bomb stops here, with an error).
+pub const SPOOL_LIMIT: u64 = 8 << 30;
 
-impl SpoolWriter {
-    /// A new spool in directory `dir` (an unlinked file: nothing is left behind).
-    pub fn new(dir: &Path) -> std::io::Result<Self> {
+impl Spool {
+    /// Copy `reader` to a new spool in `dir` (an unlinked file: nothing is left behind),
+    /// up to [`SPOOL_LIMIT`] bytes.
+    pub fn copy_from(dir: &Path, reader: &mut dyn Read) -> std::io::Result<Spool> {
         std::fs::create_dir_all(dir)?;
         let file = tempfile::tempfile_in(dir)?;
-        let out = BufWriter::with_capacity(1 << 20, file.try_clone()?);
-        Ok(SpoolWriter {
-            spool: Arc::new(Spool { file }),
-            out,
-            offset: 0,
-        })
+        let mut out = BufWriter::with_capacity(1 << 20, file.try_clone()?);
+        let len = std::io::copy(&mut reader.take(SPOOL_LIMIT + 1), &mut out)?;
+        out.flush()?;
+        if len > SPOOL_LIMIT {
+            return Err(std::io::Error::other(format!(
+                "more than {SPOOL_LIMIT} bytes once inflated"
+            )));
+        }
+        Ok(Spool { file, len })
     }
 
-    /// Append `text`; returns where it is.
-    pub fn append(&mut self, text: &str, hash_differs: bool) -> std::io::Result<RawSpec> {
-        let len = u32::try_from(text.len())
-            .map_err(|_| std::io::Error::other("a spec of more than 4 GiB"))?;
-        self.out.write_all(text.as_bytes())?;
-        let at = self.offset;
-        self.offset += text.len() as u64;
-        Ok(RawSpec::Spooled {
-            spool: self.spool.clone(),
-            offset: at,
-            len,
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The spool's bytes, mapped read-only.
+    pub fn map(&self) -> std::io::Result<Mmap> {
+        if self.len == 0 {
+            // An empty file cannot be mapped; its (invalid) JSON is read as empty.
+            return Err(std::io::Error::other("empty"));
+        }
+        // SAFETY: the file is an unlinked temporary file of this process, written to the
+        // end before the map is made and never written again: no other writer can change or
+        // shorten the mapped bytes.
+        unsafe {
+            memmap2::MmapOptions::new()
+                .len(self.len as usize)
+                .map(&self.file)
+        }
+    }
+
+    /// A spec text of `len` bytes at `offset`.
+    pub fn spec_at(self: &Arc<Self>, offset: u64, len: usize, hash_differs: bool) -> RawSpec {
+        RawSpec::Spooled {
+            spool: self.clone(),
+            offset,
+            len: len as u32,
             hash_differs,
-        })
-    }
-
-    /// Flush: the texts appended are readable from here on.
-    pub fn flush(&mut self) -> std::io::Result<()> {
-        self.out.flush()
+        }
     }
 }
 
@@ -131,11 +147,12 @@ mod tests {
     #[test]
     fn spooled_texts_read_back_with_the_key_as_hash() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = SpoolWriter::new(dir.path()).unwrap();
-        let a = w.append(r#"{"name":"a", "hash":"aaa"}"#, false).unwrap();
-        let b = w.append(r#"{"name":"b","hash":"zzz"}"#, true).unwrap();
-        w.flush().unwrap();
+        let text = br#"{"name":"a", "hash":"aaa"}{"name":"b","hash":"zzz"}"#;
+        let spool = Arc::new(Spool::copy_from(dir.path(), &mut &text[..]).unwrap());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        assert_eq!(&spool.map().unwrap()[..], &text[..]);
+        let a = spool.spec_at(0, 26, false);
+        let b = spool.spec_at(26, 25, true);
         let text = |r: &RawSpec, h: &str| {
             let mut out = Vec::new();
             r.write_to(&mut out, "n", "1", h).unwrap();

@@ -727,8 +727,10 @@ mod tests {
             "aaa":{"spec":{"name":"a","version":"1","hash":"aaa","arch":{"target":{"name":"zen3"}}},"in_buildcache":true},
             "bbb":{"spec":{"name":"b","version":"2","hash":"zzz"},"in_buildcache":false}}}}"#;
         let dir = tempfile::tempdir().unwrap();
-        let mut spool = crate::buildcache::rawspec::SpoolWriter::new(dir.path()).unwrap();
-        let recs = crate::buildcache::index::parse_reader(&db[..], "t", Some(&mut spool)).unwrap();
+        let spool = std::sync::Arc::new(
+            crate::buildcache::rawspec::Spool::copy_from(dir.path(), &mut &db[..]).unwrap(),
+        );
+        let recs = crate::buildcache::index::parse_spool(&spool, "t").unwrap();
         let mut json = Vec::new();
         write_database(
             recs.iter()

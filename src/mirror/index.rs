@@ -2,8 +2,8 @@
 //! manifest, the manifest's signature checked when it is signed), the v2 `index.json`
 //! (checked against `index.json.hash`), or, for a mirror with neither, a listing of its
 //! manifests, each verified as a fetch would (file:// only: plain HTTP cannot list). Index
-//! blobs are read as a stream (hashed, inflated when gzipped and parsed in one pass) and
-//! never cut short. A refresh costs one conditional request per part when nothing changed.
+//! blobs are read as a stream, hashed and inflated (when gzipped) into a private copy (a
+//! spool) as they arrive, and parsed from it once verified; never cut short. A refresh costs one conditional request per part when nothing changed.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
@@ -75,6 +75,14 @@ pub enum IndexRead {
     },
     /// No index, and the protocol cannot list: packages are looked up directly.
     Unlisted,
+}
+
+/// The metadata files a mirror holds, per layout.
+struct MetadataListing {
+    v3: bool,
+    v2: bool,
+    v3_paths: HashSet<String>,
+    v2_hashes: HashSet<String>,
 }
 
 /// One part of the index (v3 or v2) as a conditional request found it.
@@ -176,62 +184,63 @@ impl Mirror {
             (_, Part::Absent) => IndexSource::V3,
             _ => IndexSource::V3AndV2,
         };
-        for (layout, part) in [(Layout::V3, v3), (Layout::V2, v2)] {
-            let changed = match part {
-                Part::Absent => continue,
-                Part::Changed(c) => c,
-                Part::Same => {
-                    // Unchanged, but needed whole: fetch it unconditionally.
-                    let fresh = match layout {
-                        Layout::V3 => self.v3_part(None, None).await?,
-                        Layout::V2 => self.v2_part(None, None).await?,
-                    };
-                    match fresh {
-                        Part::Changed(c) => c,
-                        _ => continue,
+        // The mirror's metadata files are listed while the index is fetched and parsed.
+        let listing = self.metadata_listing(source != IndexSource::V2, source != IndexSource::V3);
+        let parts = async {
+            for (layout, part) in [(Layout::V3, v3), (Layout::V2, v2)] {
+                let changed = match part {
+                    Part::Absent => continue,
+                    Part::Changed(c) => c,
+                    Part::Same => {
+                        // Unchanged, but needed whole: fetch it unconditionally.
+                        let fresh = match layout {
+                            Layout::V3 => self.v3_part(None, None).await?,
+                            Layout::V2 => self.v2_part(None, None).await?,
+                        };
+                        match fresh {
+                            Part::Changed(c) => c,
+                            _ => continue,
+                        }
+                    }
+                };
+                let Changed {
+                    validator,
+                    checksum,
+                    body,
+                    blob_path,
+                    size,
+                } = changed;
+                let body = match body {
+                    Some(b) => b,
+                    None => self.store().get(&blob_path).await?,
+                };
+                let (recs, sum) = self
+                    .parse_index_stream(body, &blob_path, checksum, size)
+                    .await?;
+                if layout == Layout::V2 {
+                    state.v2_listed = recs
+                        .iter()
+                        .filter(|r| r.in_buildcache)
+                        .map(|r| r.node.hash.clone())
+                        .collect();
+                }
+                records.extend(recs);
+                match layout {
+                    Layout::V3 => {
+                        state.v3_validator = validator;
+                        state.v3_checksum = Some(sum);
+                    }
+                    Layout::V2 => {
+                        state.v2_validator = validator;
+                        state.v2_checksum = Some(sum);
                     }
                 }
-            };
-            let Changed {
-                validator,
-                checksum,
-                body,
-                blob_path,
-                size,
-            } = changed;
-            let body = match body {
-                Some(b) => b,
-                None => self.store().get(&blob_path).await?,
-            };
-            let (recs, sum) = self
-                .parse_index_stream(body, &blob_path, checksum, size)
-                .await?;
-            if layout == Layout::V2 {
-                state.v2_listed = recs
-                    .iter()
-                    .filter(|r| r.in_buildcache)
-                    .map(|r| r.node.hash.clone())
-                    .collect();
             }
-            records.extend(recs);
-            match layout {
-                Layout::V3 => {
-                    state.v3_validator = validator;
-                    state.v3_checksum = Some(sum);
-                }
-                Layout::V2 => {
-                    state.v2_validator = validator;
-                    state.v2_checksum = Some(sum);
-                }
-            }
-        }
-        let lacking = self
-            .lacking(
-                &records,
-                source != IndexSource::V2,
-                source != IndexSource::V3,
-            )
-            .await;
+            Ok::<_, MirrorError>(())
+        };
+        let (parsed, listing) = futures::join!(parts, listing);
+        parsed?;
+        let lacking = self.lacking(&records, listing);
         *self.index_state.lock().unwrap() = state;
         self.clear_absent();
         // Every part's checksum (and signature, when signed) matched.
@@ -242,14 +251,13 @@ impl Mirror {
         })
     }
 
-    /// The packages `records` list as in the build cache whose metadata file this mirror
-    /// does not hold (a partial copy: they would fail at first touch), looked up in the
-    /// layouts whose index was read (`v3`, `v2`). One listing of the manifest folders
-    /// (O(packages), no request per package), on transports that list cheaply (file://)
-    /// only; elsewhere, or when the listing fails, nothing is reported lacking.
-    async fn lacking(&self, records: &[IndexRecord], v3: bool, v2: bool) -> HashSet<String> {
+    /// The metadata files of this mirror in the layouts whose index is read (`v3`, `v2`):
+    /// one listing of the manifest folders (O(packages), no request per package), on
+    /// transports that list cheaply (file://) only; `None` elsewhere, or when the listing
+    /// fails.
+    async fn metadata_listing(&self, v3: bool, v2: bool) -> Option<MetadataListing> {
         if !self.store().lists_cheaply() {
-            return HashSet::new();
+            return None;
         }
         let list = |prefix: &'static str| async move {
             match self.store().list(prefix).await {
@@ -264,21 +272,41 @@ impl Mirror {
             }
         };
         let v3_paths: HashSet<String> = match v3 {
-            true => match list(layout::V3_SPEC_DIR).await {
-                Some(paths) => paths.into_iter().collect(),
-                None => return HashSet::new(),
-            },
+            true => list(layout::V3_SPEC_DIR).await?.into_iter().collect(),
             false => HashSet::new(),
         };
         let v2_hashes: HashSet<String> = match v2 {
-            true => match list(layout::V2_DIR).await {
-                Some(paths) => paths
-                    .iter()
-                    .filter_map(|p| layout::parse_v2_spec_file(p).map(|(h, _)| h))
-                    .collect(),
-                None => return HashSet::new(),
-            },
+            true => list(layout::V2_DIR)
+                .await?
+                .iter()
+                .filter_map(|p| layout::parse_v2_spec_file(p).map(|(h, _)| h))
+                .collect(),
             false => HashSet::new(),
+        };
+        Some(MetadataListing {
+            v3,
+            v2,
+            v3_paths,
+            v2_hashes,
+        })
+    }
+
+    /// The packages `records` list as in the build cache whose metadata file this mirror
+    /// does not hold (a partial copy: they would fail at first touch), as `listing` found
+    /// them; nothing when there is no listing.
+    fn lacking(
+        &self,
+        records: &[IndexRecord],
+        listing: Option<MetadataListing>,
+    ) -> HashSet<String> {
+        let Some(MetadataListing {
+            v3,
+            v2,
+            v3_paths,
+            v2_hashes,
+        }) = listing
+        else {
+            return HashSet::new();
         };
         let lacking: HashSet<String> = records
             .iter()
@@ -445,31 +473,28 @@ impl Mirror {
         size: Option<u64>,
     ) -> Result<(Vec<IndexRecord>, Sha256), MirrorError> {
         let (reader, failure) = pump::pump(body, self.url(), path);
-        let what = format!("{}/{path}", self.url());
-        let w = what.clone();
-        let mut spool = self.new_spool()?;
+        let dir = self.spool_dir();
+        let started = std::time::Instant::now();
         let joined = tokio::task::spawn_blocking(move || {
             // Never more than the manifest announces (one byte more tells it lied).
             let reader = std::io::Read::take(reader, size.map_or(u64::MAX, |s| s + 1));
             let mut hashing = HashingReader::new(reader);
-            let parsed = {
+            let copied = {
                 let mut buf = BufReader::with_capacity(256 * 1024, &mut hashing);
                 match buf.fill_buf() {
-                    Ok([0x1f, 0x8b, ..]) => index::parse_reader(
-                        flate2::bufread::MultiGzDecoder::new(buf),
-                        &w,
-                        spool.as_mut(),
-                    ),
-                    Ok(_) => index::parse_reader(buf, &w, spool.as_mut()),
-                    Err(e) => Err(crate::buildcache::FormatError::invalid(&w, e.to_string())),
+                    Ok([0x1f, 0x8b, ..]) => {
+                        super::spool_in(&dir, &mut flate2::bufread::MultiGzDecoder::new(buf))
+                    }
+                    Ok(_) => super::spool_in(&dir, &mut buf),
+                    Err(e) => Err(e),
                 }
             };
-            // Every byte is hashed, even after a parse error: a corrupt blob says so.
+            // Every byte is hashed, even after an error: a corrupt blob says so.
             let finished = hashing.finish();
-            (parsed, finished)
+            (copied, finished)
         })
         .await;
-        let (parsed, finished) =
+        let (copied, finished) =
             joined.map_err(|e| self.index_err(format!("reading {path}: {e}")))?;
         if let Some(t) = failure.take() {
             return Err(t.into());
@@ -491,10 +516,25 @@ impl Mirror {
                 "index blob {path} is {len} bytes, its manifest says {size}"
             )));
         }
-        let records = parsed.map_err(|source| MirrorError::Format {
-            mirror: self.url().to_string(),
-            source,
-        })?;
+        let spool = std::sync::Arc::new(
+            copied.map_err(|e| self.index_err(format!("reading {path}: {e}")))?,
+        );
+        let copied_in = started.elapsed();
+        // Only verified bytes are parsed.
+        let what = format!("{}/{path}", self.url());
+        let records = tokio::task::spawn_blocking(move || index::parse_spool(&spool, &what))
+            .await
+            .map_err(|e| self.index_err(format!("parsing {path}: {e}")))?
+            .map_err(|source| MirrorError::Format {
+                mirror: self.url().to_string(),
+                source,
+            })?;
+        tracing::debug!(
+            "index {path} of {}: {len} bytes fetched and checked in {copied_in:?}, {} records parsed in {:?}",
+            self.url(),
+            records.len(),
+            started.elapsed() - copied_in
+        );
         Ok((records, sum))
     }
 

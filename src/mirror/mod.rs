@@ -205,28 +205,18 @@ impl Mirror {
         }
     }
 
-    /// Keep the specs of this mirror's index records in a spool file in `dir` (a mount
-    /// writes them into the database at its root); without it, records keep no JSON.
+    /// Keep the copies of this mirror's index (spools: the records' specs point into
+    /// them) in `dir`, the cache of a mount; elsewhere they go to the temporary directory.
     pub fn keep_specs_in(&self, dir: std::path::PathBuf) {
         let _ = self.spool_dir.set(dir);
     }
 
-    /// A spool for the specs of an index read now, when they are kept.
-    pub(crate) fn new_spool(
-        &self,
-    ) -> Result<Option<crate::buildcache::rawspec::SpoolWriter>, MirrorError> {
-        let Some(dir) = self.spool_dir.get() else {
-            return Ok(None);
-        };
-        crate::buildcache::rawspec::SpoolWriter::new(dir)
-            .map(Some)
-            .map_err(|e| MirrorError::Format {
-                mirror: self.url().to_string(),
-                source: crate::buildcache::FormatError::invalid(
-                    dir.display().to_string(),
-                    format!("cannot make a spool for the index specs: {e}"),
-                ),
-            })
+    /// Where copies of this mirror's index go.
+    pub(crate) fn spool_dir(&self) -> std::path::PathBuf {
+        self.spool_dir
+            .get()
+            .cloned()
+            .unwrap_or_else(std::env::temp_dir)
     }
 
     pub fn url(&self) -> &str {
@@ -606,18 +596,29 @@ impl Mirror {
     /// this program from a verified index): vouched for as the cache's own file.
     pub fn kept_index(
         &self,
-        reader: impl std::io::Read,
+        mut reader: impl std::io::Read,
     ) -> Result<Verified<Vec<IndexRecord>>, FormatError> {
         let what = format!("kept index of {}", self.url());
-        let mut spool = self
-            .new_spool()
+        let spool = spool_in(&self.spool_dir(), &mut reader)
             .map_err(|e| FormatError::invalid(&what, e.to_string()))?;
-        Ok(Verified::new(crate::buildcache::index::parse_reader(
-            reader,
+        Ok(Verified::new(crate::buildcache::index::parse_spool(
+            &std::sync::Arc::new(spool),
             &what,
-            spool.as_mut(),
         )?))
     }
+}
+
+/// Copy an index's JSON to a new spool in `dir`.
+pub(crate) fn spool_in(
+    dir: &std::path::Path,
+    reader: &mut dyn std::io::Read,
+) -> std::io::Result<crate::buildcache::rawspec::Spool> {
+    crate::buildcache::rawspec::Spool::copy_from(dir, reader).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("copying the index to {}: {e}", dir.display()),
+        )
+    })
 }
 
 /// Gunzip when the bytes start with the gzip magic (Spack sniffs spec blobs the same way);
