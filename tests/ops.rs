@@ -272,3 +272,56 @@ fn status_of_a_directory_that_is_not_a_mount_says_so() {
     run.assert_failed()
         .assert_stderr_has(&[path_str(dir.path()), "is not a spackfs mount"]);
 }
+
+/// A listing gives the kernel every entry's attributes (readdirplus): `ls -l` of a large
+/// directory costs no lookup per entry, and the database at the root, listed, still has its
+/// real size when it is looked at.
+#[test]
+fn a_listing_carries_the_attributes_so_stat_needs_no_lookup() {
+    let Some(fx) = fixtures() else { return };
+    let dirs = MountDirs::new();
+    let args = ["--unsigned", "--metrics-addr", "127.0.0.1:0"];
+    let d = Daemon::mount(&fx.mirror(V3_UNSIGNED.name), &dirs.mnt, &dirs.cache, &args);
+    let addr = metrics_addr(&d);
+    let lookups = |what: &str| {
+        let m = scrape(&addr, &dirs.mnt);
+        let n = sample(&m, "spackfs_fuse_requests_total{op=\"lookup\"}");
+        eprintln!("{what}: {n} lookups");
+        n
+    };
+    let dir = dirs.mnt.join("linux-x86_64");
+    let entries: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(entries.len() >= 3, "{entries:?}\n{d}");
+    let before = lookups("listed");
+    for p in &entries {
+        assert!(
+            std::fs::symlink_metadata(p).unwrap().is_dir(),
+            "{}",
+            p.display()
+        );
+        // `ls -l` asks for these too; none is an attribute of the file system.
+        let e = common::mount::xattr(p, "security.selinux").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENODATA), "{}", p.display());
+    }
+    assert_eq!(lookups("stat of every entry"), before, "{d}");
+
+    let db_dir = dirs.mnt.join(".spack-db");
+    let listed: Vec<_> = std::fs::read_dir(&db_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(listed, ["index.json"]);
+    let db = db_dir.join("index.json");
+    let size = std::fs::metadata(&db).unwrap().len();
+    let bytes = std::fs::read(&db).unwrap();
+    assert!(
+        size > 0 && size == bytes.len() as u64,
+        "{size} vs {}",
+        bytes.len()
+    );
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert!(v["database"]["installs"].as_object().unwrap().len() >= 3);
+}

@@ -451,6 +451,56 @@ impl FsCore {
         Ok(())
     }
 
+    /// [`FsCore::readdir`] with each entry's attributes (`readdirplus`: `ls -l` of a large
+    /// directory then needs no lookup per entry). `add` also gets whether the attributes
+    /// may be cached (the database at the root is sized when it is written, on its own
+    /// lookup: it is never written for a listing).
+    pub fn readdir_plus(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(FileType, &OsStr, u64, &FileAttr, bool) -> bool,
+    ) -> Result<(), Errno> {
+        let here = self.getattr(ino)?;
+        let mut added = false;
+        let mut failed = None;
+        self.readdir(ino, fh, offset, |child, kind, name, next| {
+            let attr = if child == ino || name == ".." {
+                // The kernel links no entry for `.` and `..`: any valid attributes do.
+                Ok((here, true))
+            } else {
+                match self.inodes.get(child) {
+                    Some(Node::SpackDb) => Ok((
+                        self.virtual_attr(child, FileType::RegularFile, 0o644, 0),
+                        false,
+                    )),
+                    Some(node) => self.attr_of(child, &node).map(|a| (a, true)),
+                    None => Err(Errno::ENOENT),
+                }
+            };
+            match attr {
+                Ok((attr, cached)) => {
+                    let full = add(kind, name, next, &attr, cached);
+                    added |= !full;
+                    full
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    true
+                }
+            }
+        })?;
+        match failed {
+            // What was added is answered; the next call starts at the entry that failed.
+            Some(e) if !added => Err(match self.inodes.get(ino) {
+                Some(Node::Backed { pkg, .. } | Node::Package { pkg }) => self.stale_or(pkg, e),
+                _ => e,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     pub fn releasedir(&self, fh: u64) {
         self.dirs.lock().unwrap().remove(&fh);
     }
@@ -546,7 +596,7 @@ impl FsCore {
         out
     }
 
-    /// The extended attributes of inode `ino`, by name.
+    /// The extended attributes of inode `ino`, by name (each begins with [`XATTR_PREFIX`]).
     pub fn xattrs(&self, ino: u64) -> Vec<(String, Vec<u8>)> {
         match self.inodes.get(ino) {
             Some(Node::Package { pkg }) => self.package_xattrs(pkg),
@@ -557,6 +607,11 @@ impl FsCore {
 
     /// The value of attribute `name` of `ino` (ENODATA when it has none).
     pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>, Errno> {
+        // `ls -l` asks every entry for `security.selinux` and the POSIX ACLs: answered
+        // without working out the attributes this file system has.
+        if !name.as_bytes().starts_with(XATTR_PREFIX.as_bytes()) {
+            return Err(Errno::from_i32(libc::ENODATA));
+        }
         self.xattrs(ino)
             .into_iter()
             .find(|(k, _)| k.as_bytes() == name.as_bytes())
@@ -572,6 +627,9 @@ impl FsCore {
             .collect()
     }
 }
+
+/// What the name of every extended attribute of this file system begins with.
+pub const XATTR_PREFIX: &str = "user.spackfs.";
 
 /// The file system's side of the catalog's changes: forgets evicted packages, adds and
 /// removes package directories after an index refresh, and tells the kernel (through

@@ -14,7 +14,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use fuser::{
     BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     InitFlags, KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 use futures::FutureExt;
 
@@ -202,6 +202,10 @@ impl Filesystem for SpackFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.add_capabilities(InitFlags::FUSE_CACHE_SYMLINKS);
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        // Listings carry the entries' attributes when the kernel sees lookups follow them
+        // (`ls -l` of 50,000 packages: no request per entry).
+        let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
+        let _ = config.add_capabilities(InitFlags::FUSE_READDIRPLUS_AUTO);
         if self.core.read_mode() == ReadMode::Passthrough {
             let ok = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
                 && config.set_max_stack_depth(1).is_ok();
@@ -360,6 +364,27 @@ impl Filesystem for SpackFs {
             .readdir(ino.0, fh.0, offset, |child, kind, name, next| {
                 reply.add(INodeNo(child), next, kind, name)
             });
+        match listed {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        crate::metrics::global().fuse_op(crate::metrics::FuseOp::Readdir);
+        let listed =
+            self.core
+                .readdir_plus(ino.0, fh.0, offset, |_kind, name, next, attr, cached| {
+                    let ttl = if cached { TTL } else { Duration::ZERO };
+                    reply.add(attr.ino, next, name, &ttl, attr, Generation(0))
+                });
         match listed {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
