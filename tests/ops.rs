@@ -273,9 +273,10 @@ fn status_of_a_directory_that_is_not_a_mount_says_so() {
         .assert_stderr_has(&[path_str(dir.path()), "is not a spackfs mount"]);
 }
 
-/// A listing gives the kernel every entry's attributes (readdirplus): `ls -l` of a large
-/// directory costs no lookup per entry, and the database at the root, listed, still has its
-/// real size when it is looked at.
+/// A listing gives the kernel the entries' attributes (readdirplus; in its first reply at
+/// least, which holds every entry of this directory): a stat of each entry after the
+/// listing costs no lookup, and the database at the root, listed, still has its real size
+/// when it is looked at.
 #[test]
 fn a_listing_carries_the_attributes_so_stat_needs_no_lookup() {
     let Some(fx) = fixtures() else { return };

@@ -202,8 +202,11 @@ impl Filesystem for SpackFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.add_capabilities(InitFlags::FUSE_CACHE_SYMLINKS);
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
-        // Listings carry the entries' attributes when the kernel sees lookups follow them
-        // (`ls -l` of 50,000 packages: no request per entry).
+        // Listings carry the entries' attributes where the kernel finds they pay: in the
+        // first reply of a listing, and in the next ones of a directory whose entries are
+        // being looked up (`find`, `du`). Always (without AUTO), a plain `ls` of 40,000
+        // packages took 2.3 times as long (the kernel makes an inode per entry) while
+        // `ls -l` stayed bound by its three getxattr requests per entry.
         let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
         let _ = config.add_capabilities(InitFlags::FUSE_READDIRPLUS_AUTO);
         if self.core.read_mode() == ReadMode::Passthrough {
