@@ -40,6 +40,27 @@ pub fn parse_spool(spool: &Arc<Spool>, what: &str) -> Result<Vec<IndexRecord>, F
     parse_bytes(&map, what, Some((spool, &map)))
 }
 
+/// Write a Spack database of `records`, in order: each record keyed by its node's hash,
+/// its spec as the node keeps it ([`super::rawspec::RawSpec::write_to`]), then `tail`, the
+/// record's other members (JSON members without the braces, e.g. `"ref_count":0`).
+pub fn write_database<'a, D: fmt::Display>(
+    records: impl Iterator<Item = (&'a SpecNode, D)>,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
+    out.write_all(br#"{"database":{"version":"8","installs":{"#)?;
+    for (i, (node, tail)) in records.enumerate() {
+        if i > 0 {
+            out.write_all(b",")?;
+        }
+        serde_json::to_writer(&mut *out, &node.hash)?;
+        out.write_all(br#":{"spec":"#)?;
+        node.raw
+            .write_to(out, &node.name, &node.version, &node.hash)?;
+        write!(out, ",{tail}}}")?;
+    }
+    out.write_all(b"}}}")
+}
+
 /// Records are handed to the parsing threads in batches of this many.
 const BATCH: usize = 256;
 /// Below this size an index is parsed on the calling thread alone.
@@ -89,8 +110,6 @@ fn parse_bytes(
             });
         }
         let mut state = Parse {
-            what,
-            base: specs.base,
             specs: &specs,
             jobs,
             done,
@@ -212,8 +231,6 @@ impl Specs<'_> {
 
 /// The walk in progress.
 struct Parse<'p, 'a> {
-    what: &'a str,
-    base: usize,
     specs: &'p Specs<'a>,
     /// The workers' queues (none: batches are parsed here).
     jobs: Vec<mpsc::SyncSender<Batch<'a>>>,
@@ -232,7 +249,7 @@ struct Parse<'p, 'a> {
 
 impl<'a> Parse<'_, 'a> {
     fn push(&mut self, p: Pending<'a>) {
-        let at = p.spec.get().as_ptr() as usize - self.base;
+        let at = p.spec.get().as_ptr() as usize - self.specs.base;
         self.batch.push(p);
         if self.batch.len() == BATCH {
             self.send_batch();
@@ -270,7 +287,10 @@ impl<'a> Parse<'_, 'a> {
                     self.failed.store(true, Ordering::Relaxed);
                     let _ = self.done.send((
                         no,
-                        Err(FormatError::invalid(self.what, "a parsing thread stopped")),
+                        Err(FormatError::invalid(
+                            self.specs.what,
+                            "a parsing thread stopped",
+                        )),
                     ));
                 }
             }
@@ -377,7 +397,7 @@ impl<'a> DeserializeSeed<'a> for InstallsSeed<'_, '_, 'a> {
                     let rec: RawRecord = map.next_value()?;
                     let spec = rec.spec.ok_or_else(|| {
                         self.0.error = Some(FormatError::invalid(
-                            self.0.what,
+                            self.0.specs.what,
                             format!("record {key} without spec"),
                         ));
                         de::Error::custom("record without spec")

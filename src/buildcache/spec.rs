@@ -716,11 +716,11 @@ impl SpecDag {
             }
         };
         let mut nodes = IndexMap::new();
-        for n in &list {
-            let mut node = SpecNode::from_json(n, what)?;
+        for n in list {
+            let mut node = SpecNode::from_json(&n, what)?;
             // A package's own DAG is small: its nodes keep their JSON (a listing of a
             // mirror without index writes it into the database at the install root).
-            node.raw = RawSpec::Value(Arc::new(n.clone()));
+            node.raw = RawSpec::Value(Arc::new(n));
             nodes.entry(node.hash.clone()).or_insert(node);
         }
         let root = nodes

@@ -830,24 +830,17 @@ impl LiveCatalog {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
-        out.write_all(br#"{"database":{"version":"8","installs":{"#)?;
-        for (i, p) in listed.iter().enumerate() {
+        let time = serde_json::to_string(&time)?;
+        let records = listed.iter().map(|p| {
             let n = &p.node;
-            if i > 0 {
-                out.write_all(b",")?;
-            }
-            serde_json::to_writer(&mut *out, &n.hash)?;
-            out.write_all(br#":{"spec":"#)?;
-            n.raw.write_to(out, &n.name, &n.version, &n.hash)?;
-            out.write_all(br#","ref_count":"#)?;
-            write!(out, "{}", refs.get(n.hash.as_str()).copied().unwrap_or(0))?;
-            out.write_all(br#","path":"#)?;
-            serde_json::to_writer(&mut *out, &format!("{}/{}", self.target.root, p.rel_path))?;
-            out.write_all(br#","installed":true,"explicit":false,"installation_time":"#)?;
-            serde_json::to_writer(&mut *out, &time)?;
-            out.write_all(b"}")?;
-        }
-        out.write_all(b"}}}")
+            let path = serde_json::Value::from(format!("{}/{}", self.target.root, p.rel_path));
+            let refs = refs.get(n.hash.as_str()).copied().unwrap_or(0);
+            let tail = format!(
+                r#""ref_count":{refs},"path":{path},"installed":true,"explicit":false,"installation_time":{time}"#
+            );
+            (n.as_ref(), tail)
+        });
+        crate::buildcache::index::write_database(records, out)
     }
 }
 

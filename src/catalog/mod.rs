@@ -618,24 +618,13 @@ pub fn write_database<'a>(
     records: impl Iterator<Item = (&'a SpecNode, bool)>,
     out: &mut dyn std::io::Write,
 ) -> std::io::Result<()> {
-    out.write_all(br#"{"database":{"version":"8","installs":{"#)?;
-    let mut first = true;
     let mut seen = HashSet::new();
-    for (node, in_cache) in records {
-        if !seen.insert(node.hash.as_str()) {
-            continue;
-        }
-        if !first {
-            out.write_all(b",")?;
-        }
-        first = false;
-        serde_json::to_writer(&mut *out, &node.hash)?;
-        out.write_all(br#":{"spec":"#)?;
-        node.raw
-            .write_to(out, &node.name, &node.version, &node.hash)?;
-        write!(out, r#","ref_count":0,"in_buildcache":{in_cache}}}"#)?;
-    }
-    out.write_all(b"}}}")
+    crate::buildcache::index::write_database(
+        records
+            .filter(|(node, _)| seen.insert(node.hash.as_str()))
+            .map(|(node, in_cache)| (node, format!(r#""ref_count":0,"in_buildcache":{in_cache}"#))),
+        out,
+    )
 }
 
 /// The packages to install for a request.
