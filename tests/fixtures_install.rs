@@ -108,6 +108,7 @@ fn check_ls(cache: &FixtureCache) {
     let Some(fx) = fixtures() else { return };
     let mut args = vec![
         "ls".to_string(),
+        "--long".to_string(),
         path_str(&fx.mirror(cache.name)).to_string(),
     ];
     args.extend(cache.trust_args(&fx));
@@ -133,6 +134,72 @@ fn ls_v3_unsigned_shows_unsigned() {
 #[test]
 fn ls_v2_signed_shows_signer() {
     check_ls(&V2_SIGNED);
+}
+
+/// `spackfs ls` lists from the verified index alone: a package whose manifest was tampered
+/// with is still listed (name, version, hash, prefix); `--long` reads every manifest and
+/// marks that package UNTRUSTED, naming its manifest, while the others show their signer.
+#[test]
+fn ls_lists_from_the_index_and_long_verifies_every_manifest() {
+    let Some(fx) = fixtures() else { return };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mirror = fx.copy_mirror(V3_SIGNED.name, &tmp.path().join("m"));
+    let manifest = mirror.join(format!(
+        "v3/manifests/spec/fixture-bulk/fixture-bulk-1.0-{}.spec.manifest.json",
+        V3_SIGNED.bulk_hash
+    ));
+    let text = std::fs::read_to_string(&manifest).expect("manifest");
+    std::fs::write(
+        &manifest,
+        text.replacen("\"contentLength\":1", "\"contentLength\":2", 1),
+    )
+    .expect("write");
+    let trust = V3_SIGNED.trust_args(&fx);
+    let mut args = vec!["ls".to_string(), path_str(&mirror).to_string()];
+    args.extend(trust.iter().cloned());
+    let short = spackfs(&args);
+    short.assert_ok();
+    let lines: Vec<&str> = short.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "three packages:\n{short}");
+    for (name, hash) in [
+        ("fixture-libgreet", V3_SIGNED.libgreet_hash),
+        ("fixture-greet", V3_SIGNED.greet_hash),
+        ("fixture-bulk", V3_SIGNED.bulk_hash),
+    ] {
+        let line = lines
+            .iter()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} listed:\n{short}"));
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cols.len(), 4, "name, version, hash, prefix: {line}");
+        assert_eq!(cols[1], "1.0", "{line}");
+        assert_eq!(cols[2], &hash[..7], "{line}");
+        assert_eq!(
+            cols[3],
+            format!("/user-environment/linux-x86_64/{name}-1.0-{hash}"),
+            "{line}"
+        );
+    }
+    args.insert(1, "--long".into());
+    let long = spackfs(&args);
+    long.assert_ok();
+    let bulk = long
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("fixture-bulk "))
+        .unwrap_or_else(|| panic!("bulk listed:\n{long}"));
+    assert!(
+        bulk.contains("UNTRUSTED") && bulk.contains("fixture-bulk-1.0-"),
+        "the tampered manifest is named: {bulk}"
+    );
+    for name in ["fixture-greet", "fixture-libgreet"] {
+        let line = long
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} listed:\n{long}"));
+        assert!(line.ends_with(FIXTURE_FPR), "{line}");
+    }
 }
 
 /// A root of exactly `len` characters in a fresh temporary directory.

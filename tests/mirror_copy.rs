@@ -141,7 +141,7 @@ fn a_partial_copy_lists_only_what_it_holds() {
     copy_greet(&fx, &dest, dirs.path());
     // ls shows every indexed package, bulk marked missing, and counts it.
     let key = key_args(&fx);
-    let mut ls = vec!["ls", path_str(&dest)];
+    let mut ls = vec!["ls", "--long", path_str(&dest)];
     ls.extend(key.iter().map(String::as_str));
     let run = spackfs(&ls);
     run.assert_ok();
@@ -164,8 +164,31 @@ fn a_partial_copy_lists_only_what_it_holds() {
             .any(|l| l.starts_with("MISSING: 1 of 3 indexed package(s)")),
         "{run}"
     );
+    // The listing from the index alone marks it the same way.
+    let mut ls = vec!["ls", path_str(&dest)];
+    ls.extend(key.iter().map(String::as_str));
+    let short = spackfs(&ls);
+    short.assert_ok();
+    let short_lines: Vec<&str> = short.stdout.lines().collect();
+    assert_eq!(
+        short_lines.len(),
+        4,
+        "three packages and the count:\n{short}"
+    );
+    for l in &short_lines[..3] {
+        let missing = l.starts_with("fixture-bulk ");
+        assert_eq!(l.ends_with("MISSING"), missing, "{l}\n{short}");
+    }
+    assert!(
+        short_lines[3].starts_with("MISSING: 1 of 3 indexed package(s)"),
+        "{short}"
+    );
     // The source itself has nothing missing.
-    let mut ls_src = vec!["ls".to_string(), path_str(&fx.mirror(c.name)).to_string()];
+    let mut ls_src = vec![
+        "ls".to_string(),
+        "--long".to_string(),
+        path_str(&fx.mirror(c.name)).to_string(),
+    ];
     ls_src.extend(key.iter().cloned());
     let src_run = spackfs(&ls_src);
     c.assert_listed(&src_run, common::FIXTURE_FPR);

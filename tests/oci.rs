@@ -109,7 +109,10 @@ fn oci_mirror_on_the_command_line_and_in_mirrors_yaml() {
     let Some(fx) = fixtures() else { return };
     let reg = Registry::serve(&fx);
     let url = reg.url();
-    V3_UNSIGNED.assert_listed(&spackfs(["ls", url.as_str(), "--unsigned"]), "unsigned");
+    V3_UNSIGNED.assert_listed(
+        &spackfs(["ls", "-l", url.as_str(), "--unsigned"]),
+        "unsigned",
+    );
 
     reg.clear_log();
     let dirs = MountDirs::new();
@@ -124,7 +127,7 @@ fn oci_mirror_on_the_command_line_and_in_mirrors_yaml() {
 
     let tmp = common::short_tempdir();
     let yaml = write_mirrors_yaml(tmp.path(), &[("oci-fixtures", oci_entry(&url, false))]);
-    V3_UNSIGNED.assert_listed(&spackfs(["ls", path_str(&yaml)]), "unsigned");
+    V3_UNSIGNED.assert_listed(&spackfs(["ls", "--long", path_str(&yaml)]), "unsigned");
     reg.clear_log();
     let dirs = MountDirs::new();
     let d = Daemon::mount_with(&[path_str(&yaml)], &dirs.mnt, &dirs.cache, &[], &[]);

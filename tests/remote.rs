@@ -76,7 +76,7 @@ fn http_mirror_serves_greet_and_fetches_each_blob_once() {
     let nginx = Nginx::serve(&fx.mirror(V3_SIGNED.name));
     let url = nginx.url();
     let keys = key_args(&fx);
-    let mut ls = vec!["ls", url.as_str()];
+    let mut ls = vec!["ls", "--long", url.as_str()];
     ls.extend(keys.iter().map(String::as_str));
     let run = spackfs(&ls);
     run.assert_ok();

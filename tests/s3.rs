@@ -83,7 +83,7 @@ fn s3_mirror_with_an_access_pair_serves_greet() {
     let env = env_of(&creds);
 
     V3_UNSIGNED.assert_listed(
-        &spackfs_with_env(&["ls", path_str(&yaml)], &env),
+        &spackfs_with_env(&["ls", "--long", path_str(&yaml)], &env),
         "unsigned",
     );
 
@@ -173,7 +173,10 @@ fn s3_signed_mirror_is_verified() {
     let env = env_of(&creds);
     let key = fx.fixture_key();
 
-    let ls = spackfs_with_env(&["ls", path_str(&yaml), "--key", path_str(&key)], &env);
+    let ls = spackfs_with_env(
+        &["ls", "--long", path_str(&yaml), "--key", path_str(&key)],
+        &env,
+    );
     V3_SIGNED.assert_listed(&ls, FIXTURE_FPR);
 
     let dirs = MountDirs::new();

@@ -22,14 +22,39 @@ pub(crate) async fn ls(
     remote: &RemoteArgs,
     root: &str,
     projection: &str,
+    long: bool,
 ) -> Result<ExitCode> {
     let catalog = open_catalog(cfgs, remote).await?;
     let projection = Projection::new(projection)?;
-    let mut rows = Vec::new();
     let ns = catalog.namespace();
+    let several = catalog.set().len() > 1;
+    let root = root.trim_end_matches('/');
+    let mut rows = Vec::new();
+    let mut missing = 0;
+    if !long {
+        // From the verified index alone: name, version, hash and prefix, the prefix placed
+        // as a mount places it (the compiler, for `{compiler.*}`, looked up in the index).
+        for e in ns.indexed() {
+            let node = &e.node;
+            let rel = projection.format_with(node, ns.compiler_of(node).as_ref())?;
+            let mut row = vec![
+                node.name.clone(),
+                node.version.clone(),
+                short_hash(&node.hash).to_string(),
+                format!("{root}/{rel}"),
+            ];
+            if !e.in_buildcache {
+                missing += 1;
+                row.push(MISSING.into());
+            }
+            rows.push(row);
+        }
+        print_table(&rows)?;
+        note_missing(missing, rows.len());
+        return Ok(ExitCode::SUCCESS);
+    }
     // Every package's verified metadata (size, signer), 16 requests at a time. Packages
     // the index lists but the mirror lacks (a partial copy) are shown as missing.
-    let several = catalog.set().len() > 1;
     let metas: Vec<_> = futures::stream::iter(ns.indexed().map(|e| {
         let catalog = &catalog;
         async move {
@@ -43,7 +68,6 @@ pub(crate) async fn ls(
     .buffered(16)
     .collect()
     .await;
-    let mut missing = 0;
     for (e, meta) in metas {
         let node = &e.node;
         let Some(meta) = meta else {
@@ -93,29 +117,43 @@ pub(crate) async fn ls(
         }
         rows.push(row);
     }
-    print_table(&rows);
+    print_table(&rows)?;
+    note_missing(missing, rows.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The line under a listing that has packages the mirror lacks.
+fn note_missing(missing: usize, listed: usize) {
     if missing > 0 {
         println!(
-            "{MISSING}: {missing} of {} indexed package(s): the index lists them, but the mirror does not hold their metadata (a partial copy?)",
-            rows.len()
+            "{MISSING}: {missing} of {listed} indexed package(s): the index lists them, but the mirror does not hold their metadata (a partial copy?)"
         );
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// How `spackfs ls` marks a package that a (partial) copy of a mirror lacks.
 const MISSING: &str = "MISSING";
 
-/// Print rows as aligned columns (the fifth, a size, right-aligned; the last unpadded).
-fn print_table(rows: &[Vec<String>]) {
-    let cols = rows.first().map_or(0, Vec::len);
+/// Print rows as aligned columns (the fifth, a size, right-aligned; each row's last cell
+/// unpadded; rows may be shorter than others), through one buffered writer.
+fn print_table(rows: &[Vec<String>]) -> std::io::Result<()> {
+    use std::io::Write;
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(String::len)
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut line = String::new();
     for r in rows {
-        let mut line = String::new();
+        line.clear();
         for (i, cell) in r.iter().enumerate() {
-            if i + 1 == cols {
+            if i + 1 == r.len() {
                 line.push_str(cell);
             } else if i == 4 {
                 line.push_str(&format!("{cell:>w$}  ", w = widths[i]));
@@ -123,7 +161,15 @@ fn print_table(rows: &[Vec<String>]) {
                 line.push_str(&format!("{cell:w$}  ", w = widths[i]));
             }
         }
-        println!("{}", line.trim_end());
+        match writeln!(out, "{}", line.trim_end()) {
+            // The reader went away (`spackfs ls | head`): nothing more to print.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            r => r?,
+        }
+    }
+    match out.flush() {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r,
     }
 }
 

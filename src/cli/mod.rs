@@ -57,6 +57,11 @@ enum Command {
         root: String,
         #[arg(long, default_value = DEFAULT_PROJECTION)]
         projection: String,
+        /// Also fetch and verify every package's metadata (one request per package) to show
+        /// its tarball size and signer, or why it is not trusted. Without it the listing
+        /// comes from the verified index alone.
+        #[arg(short, long)]
+        long: bool,
     },
     /// Install packages and their link/run dependencies, like `spack buildcache install`.
     Install {
@@ -624,9 +629,10 @@ async fn run(cli: Cli, lifecycle: &Lifecycle) -> Result<ExitCode> {
             remote,
             root,
             projection,
+            long,
         } => {
             let cfgs = mirror_configs(&mirrors, &trust, &root)?;
-            install::ls(&cfgs, &remote, &root, &projection).await
+            install::ls(&cfgs, &remote, &root, &projection, long).await
         }
         Command::Install {
             mirror,
