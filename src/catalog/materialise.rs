@@ -305,7 +305,7 @@ impl Done {
 }
 
 impl Job {
-    fn run(self, reader: impl std::io::Read) -> Result<Done, InstallError> {
+    fn run(self, reader: impl std::io::Read + Send) -> Result<Done, InstallError> {
         let what = &self.what;
         let t = Instant::now();
         let ex = install::extract::extract(
@@ -338,7 +338,11 @@ impl Job {
         );
         install::finish::finish(&ex.prefix_dir, &ex.members, what)?;
         let relocate = t.elapsed();
-        let published = (self.publish)(self.staging.relocated(ex.prefix_dir))?;
+        // What relocation rewrote is hashed again when published; the rest as extracted.
+        let mut digests = ex.digests;
+        digests.retain(|rel, _| !report.changed.contains(rel));
+        let relocated = self.staging.relocated(ex.prefix_dir).with_digests(digests);
+        let published = (self.publish)(relocated)?;
         Ok(Done {
             timings: Timings {
                 extract,

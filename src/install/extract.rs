@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use tar::EntryType;
 
+use super::handoff::{handoff, ChunkSender};
 use super::hashing::HashingReader;
 use super::inflate::{decoder, LimitReader};
 use super::{InstallError, Limits};
@@ -51,6 +52,10 @@ pub struct Extracted {
     pub buildinfo: BuildInfo,
     /// Members below the prefix, by path relative to it, with their kind and tar mode.
     pub members: HashMap<String, (MemberKind, u32)>,
+    /// BLAKE3 digest of each regular file below the prefix, by path relative to it, taken
+    /// as its bytes were written (no second read). Files that hard links name are left out:
+    /// a change through one name would leave the other's digest stale.
+    pub digests: HashMap<String, blake3::Hash>,
     /// sha256 and size of the stored (compressed) blob.
     pub sha256: Sha256,
     pub compressed_bytes: u64,
@@ -61,20 +66,19 @@ pub struct Extracted {
 /// Extract `input` (the stored blob bytes) into `staging` and check its sha256 (and length,
 /// when known) against the manifest. On any error the caller removes `staging`.
 pub fn extract(
-    input: impl Read,
+    input: impl Read + Send,
     expected_sha256: &Sha256,
     expected_len: Option<u64>,
     staging: &Path,
     limits: Limits,
     what: &str,
 ) -> Result<Extracted, InstallError> {
-    let mut hashing = HashingReader::new(input);
-    let result = untar(&mut hashing, staging, limits, what);
-    // Hash the whole blob, even when untar stopped early: a corrupt blob is reported as such.
-    let (sha256, compressed_bytes) = hashing.finish().map_err(|e| InstallError::Tar {
+    let (inflated, result) = untar(input, staging, limits, what);
+    let inflated = inflated.map_err(|e| InstallError::Tar {
         what: what.to_string(),
         message: format!("reading the blob: {e}"),
     })?;
+    let (sha256, compressed_bytes) = (inflated.sha256, inflated.compressed_bytes);
     if let Some(expected) = expected_len {
         if expected != compressed_bytes {
             return Err(InstallError::Length {
@@ -91,13 +95,13 @@ pub fn extract(
             actual: sha256.to_string(),
         });
     }
-    let (members, unpacked_bytes) = result?;
+    let members = inflated.judge(result, limits, what)?;
     locate_prefix(
         members,
         staging,
         sha256,
         compressed_bytes,
-        unpacked_bytes,
+        inflated.unpacked_bytes,
         what,
     )
 }
@@ -107,28 +111,103 @@ struct Member {
     name: String,
     kind: MemberKind,
     mode: u32,
+    /// A regular file's content digest.
+    digest: Option<blake3::Hash>,
 }
 
+/// Untar `input` (the stored blob) into `staging` on two threads: a helper reads, hashes
+/// and inflates the blob; this thread reads the inflated stream from a bounded hand-off and
+/// creates the files, hashing each as it is written. A single large package so keeps two
+/// cores busy. Returns what the inflater saw (`Err`: the blob could not be read) and the
+/// members extracted.
 fn untar(
-    input: &mut impl Read,
+    input: impl Read + Send,
     staging: &Path,
     limits: Limits,
     what: &str,
-) -> Result<(Vec<Member>, u64), InstallError> {
-    let buffered = BufReader::with_capacity(256 * 1024, input);
-    let inflated = decoder(buffered).map_err(|found| InstallError::Compression {
-        what: what.to_string(),
-        found,
-    })?;
-    let mut limited = LimitReader::new(inflated, limits.max_unpacked);
-    let result = untar_members(&mut HeaderGuard::new(&mut limited), staging, what);
-    if limited.exceeded() {
-        return Err(InstallError::TooLarge {
-            what: what.to_string(),
-            limit: limits.max_unpacked,
-        });
+) -> (std::io::Result<Inflated>, Result<Vec<Member>, InstallError>) {
+    std::thread::scope(|scope| {
+        let (tx, mut rx) = handoff();
+        let inflater = std::thread::Builder::new()
+            .name("spackfs-inflate".into())
+            .spawn_scoped(scope, move || inflate(input, limits, tx));
+        let inflater = match inflater {
+            Ok(h) => h,
+            Err(e) => return (Err(e), Ok(Vec::new())),
+        };
+        let result = untar_members(&mut rx, staging, what);
+        // Hanging up stops the inflater at its next chunk; it hashes the rest of the blob.
+        drop(rx);
+        let inflated = inflater
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the inflating thread panicked")));
+        (inflated, result)
+    })
+}
+
+/// What the inflating thread saw of the blob.
+struct Inflated {
+    /// sha256 and length of the whole blob, read to its end even when untar stopped early
+    /// (a corrupt blob is reported as such).
+    sha256: Sha256,
+    compressed_bytes: u64,
+    /// Tar bytes inflated.
+    unpacked_bytes: u64,
+    /// The blob is not gzip or zstd: what it starts with instead.
+    compression_error: Option<String>,
+    /// It inflated past the limit.
+    exceeded: bool,
+}
+
+impl Inflated {
+    /// The outcome of the untar that read this stream: what went wrong with the stream
+    /// (not compressed as expected, too large) explains an untar error it caused.
+    fn judge(
+        &self,
+        result: Result<Vec<Member>, InstallError>,
+        limits: Limits,
+        what: &str,
+    ) -> Result<Vec<Member>, InstallError> {
+        if let Some(found) = &self.compression_error {
+            return Err(InstallError::Compression {
+                what: what.to_string(),
+                found: found.clone(),
+            });
+        }
+        if self.exceeded {
+            return Err(InstallError::TooLarge {
+                what: what.to_string(),
+                limit: limits.max_unpacked,
+            });
+        }
+        result
     }
-    result.map(|m| (m, limited.total()))
+}
+
+/// The inflating thread: hash and inflate `input`, watching the tar headers as they pass,
+/// and hand the tar stream to the untar thread through `tx`. An `Err` is a failure to read
+/// the blob itself.
+fn inflate(input: impl Read, limits: Limits, tx: ChunkSender) -> std::io::Result<Inflated> {
+    let mut hashing = HashingReader::new(input);
+    let (compression_error, exceeded, unpacked_bytes) = {
+        let buffered = BufReader::with_capacity(256 * 1024, &mut hashing);
+        match decoder(buffered) {
+            Err(found) => (Some(found), false, 0),
+            Ok(inflated) => {
+                let mut limited = LimitReader::new(inflated, limits.max_unpacked);
+                tx.pump(&mut HeaderGuard::new(&mut limited));
+                (None, limited.exceeded(), limited.total())
+            }
+        }
+    };
+    let (sha256, compressed_bytes) = hashing.finish()?;
+    Ok(Inflated {
+        sha256,
+        compressed_bytes,
+        unpacked_bytes,
+        compression_error,
+        exceeded,
+    })
 }
 
 /// The longest extension header (pax `x`/`g`, GNU `L`/`K`) a tarball may have: the `tar`
@@ -316,6 +395,7 @@ fn untar_members(
         }
         let mode = entry.header().mode().map_err(tar_err)? & 0o755;
         let dest = staging.join(&name);
+        let mut digest = None;
         let kind = match etype {
             EntryType::Directory => {
                 match kinds.get(&name) {
@@ -345,8 +425,10 @@ fn untar_members(
                     .mode(mode | 0o600)
                     .open(&dest)
                     .map_err(|e| InstallError::io(what, &dest, e))?;
-                copy(&mut entry, &mut f, &mut buf)
-                    .map_err(|e| map_copy_err(e, what, &dest))?;
+                digest = Some(
+                    copy(&mut entry, &mut f, &mut buf)
+                        .map_err(|e| map_copy_err(e, what, &dest))?,
+                );
                 f.set_permissions(std::fs::Permissions::from_mode(mode | 0o600))
                     .and_then(|()| f.set_times(epoch_times()))
                     .map_err(|e| InstallError::io(what, &dest, e))?;
@@ -395,7 +477,12 @@ fn untar_members(
             }
         };
         kinds.insert(name.clone(), kind.clone());
-        members.push(Member { name, kind, mode });
+        members.push(Member {
+            name,
+            kind,
+            mode,
+            digest,
+        });
     }
     Ok(members)
 }
@@ -420,16 +507,23 @@ fn create_parent(
     Ok(())
 }
 
-fn copy(src: &mut impl Read, dst: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<()> {
+/// Copy a member's data into its file, returning the digest of what was written.
+fn copy(
+    src: &mut impl Read,
+    dst: &mut std::fs::File,
+    buf: &mut [u8],
+) -> std::io::Result<blake3::Hash> {
     use std::io::Write;
+    let mut hasher = blake3::Hasher::new();
     loop {
         let n = match src.read(buf) {
-            Ok(0) => return Ok(()),
+            Ok(0) => return Ok(hasher.finalize()),
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
         dst.write_all(&buf[..n])?;
+        hasher.update(&buf[..n]);
     }
 }
 
@@ -512,12 +606,20 @@ fn locate_prefix(
     }
     let mut has_prefix_dir = false;
     let mut out = HashMap::new();
-    for m in members {
+    let linked: HashSet<&str> = members
+        .iter()
+        .filter_map(|m| match &m.kind {
+            MemberKind::HardLink(t) => Some(t.as_str()),
+            _ => None,
+        })
+        .collect();
+    let mut digests = HashMap::new();
+    for m in &members {
         if m.name == member_prefix {
             if m.kind != MemberKind::Dir {
                 return Err(InstallError::UnsafeMember {
                     what: what.to_string(),
-                    member: m.name,
+                    member: m.name.clone(),
                     reason: "the package prefix is not a directory".into(),
                 });
             }
@@ -529,25 +631,28 @@ fn locate_prefix(
                 if !is_within(target, &member_prefix) {
                     return Err(InstallError::UnsafeMember {
                         what: what.to_string(),
-                        member: m.name,
+                        member: m.name.clone(),
                         reason: format!("hard link to {target:?}, outside the package prefix"),
                     });
                 }
             }
             let rel = m.name[member_prefix.len() + 1..].to_string();
-            let kind = match m.kind {
+            let kind = match &m.kind {
                 MemberKind::HardLink(t) => {
                     MemberKind::HardLink(t[member_prefix.len() + 1..].to_string())
                 }
-                k => k,
+                k => k.clone(),
             };
+            if let Some(d) = m.digest.filter(|_| !linked.contains(m.name.as_str())) {
+                digests.insert(rel.clone(), d);
+            }
             out.insert(rel, (kind, m.mode));
         } else if m.kind == MemberKind::Dir && is_within(&member_prefix, &m.name) {
             // A parent directory of the prefix (layout 2 lists them all).
         } else {
             return Err(InstallError::UnsafeMember {
                 what: what.to_string(),
-                member: m.name,
+                member: m.name.clone(),
                 reason: format!("outside the package prefix {member_prefix:?}"),
             });
         }
@@ -567,6 +672,7 @@ fn locate_prefix(
         member_prefix,
         buildinfo,
         members: out,
+        digests,
         sha256,
         compressed_bytes,
         unpacked_bytes,
@@ -596,7 +702,11 @@ mod tests {
         let limits = Limits {
             max_unpacked: 1 << 30,
         };
-        untar(&mut &blob[..], &dir.path().join("s"), limits, "pkg")
+        let (inflated, result) = untar(&blob[..], &dir.path().join("s"), limits, "pkg");
+        let inflated = inflated.expect("the blob is read");
+        inflated
+            .judge(result, limits, "pkg")
+            .map(|m| (m, inflated.unpacked_bytes))
     }
 
     /// Found by tests/properties.rs (tar_bomb): the `tar` crate reads an extension header
@@ -643,6 +753,76 @@ mod tests {
             panic!("an ordinary pax header refused")
         };
         assert_eq!(members[0].name, "opt/long/nm");
+    }
+
+    /// A gzipped tarball of a package prefix `opt/p` holding `entries` (name, data or a
+    /// hard link target) besides its `.spack/binary_distribution`.
+    fn package_blob(entries: &[(&str, Result<&[u8], &str>)]) -> Vec<u8> {
+        use std::io::Write;
+        let mut b = tar::Builder::new(Vec::new());
+        let mut dir = tar::Header::new_ustar();
+        dir.set_entry_type(EntryType::Directory);
+        dir.set_mode(0o755);
+        dir.set_size(0);
+        for d in ["opt", "opt/p", "opt/p/.spack"] {
+            b.append_data(&mut dir.clone(), d, &[][..]).unwrap();
+        }
+        let info =
+            b"relocate_textfiles: []\nrelocate_binaries: []\nrelocate_links: []\nbuildpath: /opt\n";
+        let mut entries = entries.to_vec();
+        entries.push((".spack/binary_distribution", Ok(&info[..])));
+        for (name, what) in entries {
+            let mut h = tar::Header::new_ustar();
+            h.set_mode(0o644);
+            match what {
+                Ok(data) => {
+                    h.set_size(data.len() as u64);
+                    b.append_data(&mut h, format!("opt/p/{name}"), data)
+                        .unwrap();
+                }
+                Err(target) => {
+                    h.set_entry_type(EntryType::Link);
+                    h.set_size(0);
+                    b.append_link(&mut h, format!("opt/p/{name}"), format!("opt/p/{target}"))
+                        .unwrap();
+                }
+            }
+        }
+        let tar = b.into_inner().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&tar).unwrap();
+        gz.finish().unwrap()
+    }
+
+    #[test]
+    fn digests_are_taken_as_files_are_written_and_hard_linked_files_left_out() {
+        let big: Vec<u8> = (0..3 * super::super::handoff::CHUNK + 17)
+            .map(|i| (i % 253) as u8)
+            .collect();
+        let blob = package_blob(&[
+            ("small", Ok(b"hello\n")),
+            ("big", Ok(&big)),
+            ("shared", Ok(b"one inode, two names\n")),
+            ("alias", Err("shared")),
+        ]);
+        let dir = tempfile::tempdir().unwrap();
+        let staging = dir.path().join("s");
+        std::fs::create_dir(&staging).unwrap();
+        let limits = Limits {
+            max_unpacked: 1 << 30,
+        };
+        let ex = extract(&blob[..], &Sha256::of(&blob), None, &staging, limits, "pkg").unwrap();
+        for name in ["small", "big", ".spack/binary_distribution"] {
+            let on_disk = std::fs::read(ex.prefix_dir.join(name)).unwrap();
+            assert_eq!(
+                ex.digests.get(name),
+                Some(&blake3::hash(&on_disk)),
+                "{name}"
+            );
+        }
+        assert!(!ex.digests.contains_key("shared"), "a hard link names it");
+        assert!(!ex.digests.contains_key("alias"));
+        assert_eq!(ex.digests.len(), 3);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod extract;
 pub mod finish;
+pub mod handoff;
 pub mod hashing;
 pub mod inflate;
 pub mod relocate;

@@ -2,6 +2,7 @@
 //! every regular file, written at publish and checked by `spackfs cache verify` (digests)
 //! and at first use in a process (sizes and change times, cheap).
 
+use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -27,8 +28,12 @@ pub fn file_digest(path: &Path) -> std::io::Result<String> {
 }
 
 /// Records of every regular file below `dir` (each inode once), and the disk usage of the
-/// whole tree in bytes.
-pub fn records(dir: &Path) -> std::io::Result<(Vec<FileRecord>, u64)> {
+/// whole tree in bytes. A file whose path (relative to `dir`) is in `known` takes that
+/// digest; the others are read and hashed.
+pub fn records(
+    dir: &Path,
+    known: &HashMap<String, blake3::Hash>,
+) -> std::io::Result<(Vec<FileRecord>, u64)> {
     let mut out = Vec::new();
     let mut usage = 0u64;
     let mut seen = std::collections::HashSet::new();
@@ -55,8 +60,12 @@ pub fn records(dir: &Path) -> std::io::Result<(Vec<FileRecord>, u64)> {
             if m.is_dir() {
                 stack.push(r);
             } else if m.is_file() {
+                let blake3 = match known.get(&r) {
+                    Some(d) => d.to_hex().to_string(),
+                    None => file_digest(&e.path())?,
+                };
                 out.push(FileRecord {
-                    blake3: file_digest(&e.path())?,
+                    blake3,
                     path: r,
                     size: m.len(),
                     ctime: (m.ctime(), m.ctime_nsec()),

@@ -335,7 +335,7 @@ impl Store {
         mut meta: EntryMeta,
     ) -> Result<Published, StoreError> {
         let staged = relocated.prefix();
-        let (files, size) = digest::records(staged).map_err(io(staged))?;
+        let (files, size) = digest::records(staged, relocated.digests()).map_err(io(staged))?;
         meta.size = size;
         let _guard = self.global_lock()?;
         let dest = self.prefix_path(&meta.key);

@@ -6,6 +6,7 @@
 //! publishing code (here and the store) makes one. Dropping a `Staging` or a `Relocated`
 //! that was not published removes its directory.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// A private work directory, removed when dropped.
@@ -38,6 +39,7 @@ impl Staging {
         Relocated {
             _staging: self,
             prefix,
+            digests: HashMap::new(),
         }
     }
 }
@@ -47,11 +49,24 @@ impl Staging {
 pub struct Relocated {
     _staging: Staging,
     prefix: PathBuf,
+    /// Content digests of files of the prefix known from extraction (path relative to the
+    /// prefix); publishing computes only the others.
+    digests: HashMap<String, blake3::Hash>,
 }
 
 impl Relocated {
     pub fn prefix(&self) -> &Path {
         &self.prefix
+    }
+
+    /// The digests of files whose final bytes were hashed as they were written.
+    pub fn with_digests(mut self, digests: HashMap<String, blake3::Hash>) -> Self {
+        self.digests = digests;
+        self
+    }
+
+    pub fn digests(&self) -> &HashMap<String, blake3::Hash> {
+        &self.digests
     }
 }
 
