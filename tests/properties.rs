@@ -2266,7 +2266,7 @@ fn extract_and_relocate(
         Claim::WrongLength => Some(blob.len() as u64 + 1),
     };
     let result = bounded(blob.len(), || {
-        extract(blob, &sha, len, &staging, limits, WHAT)
+        extract(blob, &sha, len, &staging, limits, true, WHAT)
     })?;
     let outcome = match result {
         Err(e) => clear(&e.to_string()),
@@ -2301,7 +2301,7 @@ fn extract_and_relocate(
                 Ok(map) => {
                     let limit = HEAP_BASE + 3 * ex.unpacked_bytes;
                     let r = bounded_by(limit, ex.unpacked_bytes as usize, || {
-                        relocate(&ex.prefix_dir, &ex.members, &ex.buildinfo, &map, WHAT)
+                        relocate(&ex.prefix_dir, &ex.members, &ex.buildinfo, &map, true, WHAT)
                     })?;
                     match r {
                         Ok(_) => Ok(()),
@@ -2399,7 +2399,7 @@ fn tar_bomb() {
             };
             let sha = Sha256::of(&blob);
             let r = bounded(blob.len(), || {
-                extract(&blob[..], &sha, None, &staging, limits, WHAT)
+                extract(&blob[..], &sha, None, &staging, limits, true, WHAT)
             })?;
             match r {
                 Ok(_) => Err("extracted a tarball without binary_distribution".into()),
@@ -3222,7 +3222,9 @@ fn check_files(case: &FilesCase) -> Result<(), String> {
     let map = RelocationMap::from_pairs(b.pairs.iter().cloned(), case.root);
     let m = reference_map(&b.pairs);
     let input = b.elf.len() + b.text.len();
-    let r = bounded(input, || relocate(&prefix, &members, &info, &map, WHAT))?;
+    let r = bounded(input, || {
+        relocate(&prefix, &members, &info, &map, true, WHAT)
+    })?;
     let elf_after = std::fs::read(prefix.join("bin/prog")).map_err(|e| e.to_string())?;
     if let Err(e) = r {
         return clear(&e.to_string());

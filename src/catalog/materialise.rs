@@ -32,6 +32,9 @@ pub struct Target {
     pub limits: Limits,
     /// Places already given (the mount's); other packages are placed by the projection.
     pub placements: Option<Arc<dyn Placements>>,
+    /// Take each file's digest as it is written (for a cache that records them); without it
+    /// nothing is hashed but the blob.
+    pub digests: bool,
 }
 
 impl std::fmt::Debug for Target {
@@ -41,6 +44,7 @@ impl std::fmt::Debug for Target {
             .field("projection", &self.projection)
             .field("limits", &self.limits)
             .field("placements", &self.placements.is_some())
+            .field("digests", &self.digests)
             .finish()
     }
 }
@@ -53,7 +57,14 @@ impl Target {
             projection,
             limits,
             placements: None,
+            digests: false,
         }
+    }
+
+    /// The same target, taking file digests on the way (see [`Target::digests`]).
+    pub fn with_digests(mut self) -> Self {
+        self.digests = true;
+        self
     }
 
     /// The prefix of `node`: where the mount placed it, else by the projection (`dag`
@@ -87,6 +98,9 @@ pub struct Timings {
     /// Streaming the tarball: download, sha256, inflate, untar.
     pub extract: Duration,
     pub relocate: Duration,
+    /// Handing the finished prefix over: into the cache (digests of what relocation
+    /// rewrote, bookkeeping) or into place under the install root.
+    pub publish: Duration,
     pub total: Duration,
 }
 
@@ -97,6 +111,7 @@ impl Timings {
         m.phase("verify", self.verify);
         m.phase("extract", self.extract);
         m.phase("relocate", self.relocate);
+        m.phase("publish", self.publish);
         m.phase("total", self.total);
     }
 }
@@ -106,11 +121,12 @@ impl std::fmt::Display for Timings {
         let s = |d: Duration| format!("{:.3}s", d.as_secs_f64());
         write!(
             f,
-            "Fetch: {}.  Verify: {}.  Extract: {}.  Relocate: {}.  Total: {}",
+            "Fetch: {}.  Verify: {}.  Extract: {}.  Relocate: {}.  Publish: {}.  Total: {}",
             s(self.fetch),
             s(self.verify),
             s(self.extract),
             s(self.relocate),
+            s(self.publish),
             s(self.total)
         )
     }
@@ -314,6 +330,7 @@ impl Job {
             self.meta.tarball_size,
             self.staging.path(),
             self.target.limits,
+            self.target.digests,
             what,
         )?;
         let extract = t.elapsed();
@@ -329,8 +346,14 @@ impl Job {
                     .map(|p| p.to_string_lossy().into_owned())
             },
         )?;
-        let report =
-            install::relocate::relocate(&ex.prefix_dir, &ex.members, &ex.buildinfo, &map, what)?;
+        let report = install::relocate::relocate(
+            &ex.prefix_dir,
+            &ex.members,
+            &ex.buildinfo,
+            &map,
+            self.target.digests,
+            what,
+        )?;
         tracing::debug!(
             "{what}: relocation map has {} keys, changed {} files",
             map.pairs().len(),
@@ -338,15 +361,27 @@ impl Job {
         );
         install::finish::finish(&ex.prefix_dir, &ex.members, what)?;
         let relocate = t.elapsed();
-        // What relocation rewrote is hashed again when published; the rest as extracted.
+        // Digests as extracted, or as relocation rewrote them. A file known by more names
+        // than one (hard links) has none here and is hashed when published.
         let mut digests = ex.digests;
-        digests.retain(|rel, _| !report.changed.contains(rel));
+        for rel in &report.changed {
+            match (digests.get_mut(rel), report.digests.get(rel)) {
+                (Some(slot), Some(new)) => *slot = *new,
+                (Some(_), None) => {
+                    digests.remove(rel);
+                }
+                (None, _) => {}
+            }
+        }
         let relocated = self.staging.relocated(ex.prefix_dir).with_digests(digests);
+        let t = Instant::now();
         let published = (self.publish)(relocated)?;
+        let publish = t.elapsed();
         Ok(Done {
             timings: Timings {
                 extract,
                 relocate,
+                publish,
                 ..Default::default()
             },
             unpacked: ex.unpacked_bytes,

@@ -249,7 +249,7 @@ pub(crate) async fn mount(
         return Err(first_error.expect("a failed mirror").into());
     }
     let catalog = Arc::new(catalog);
-    let target = Target::new(root, Projection::new(&opts.projection)?, opts.limits);
+    let target = Target::new(root, Projection::new(&opts.projection)?, opts.limits).with_digests();
     let live = Arc::new(LiveCatalog::new(catalog, target, store, opts.retry_after));
     live.keep_indexes_in_background();
     tracing::info!(

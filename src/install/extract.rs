@@ -64,16 +64,18 @@ pub struct Extracted {
 }
 
 /// Extract `input` (the stored blob bytes) into `staging` and check its sha256 (and length,
-/// when known) against the manifest. On any error the caller removes `staging`.
+/// when known) against the manifest; with `digests`, take each file's BLAKE3 digest as it is
+/// written. On any error the caller removes `staging`.
 pub fn extract(
     input: impl Read + Send,
     expected_sha256: &Sha256,
     expected_len: Option<u64>,
     staging: &Path,
     limits: Limits,
+    digests: bool,
     what: &str,
 ) -> Result<Extracted, InstallError> {
-    let (inflated, result) = untar(input, staging, limits, what);
+    let (inflated, result) = untar(input, staging, limits, digests, what);
     let inflated = inflated.map_err(|e| InstallError::Tar {
         what: what.to_string(),
         message: format!("reading the blob: {e}"),
@@ -124,6 +126,7 @@ fn untar(
     input: impl Read + Send,
     staging: &Path,
     limits: Limits,
+    digests: bool,
     what: &str,
 ) -> (std::io::Result<Inflated>, Result<Vec<Member>, InstallError>) {
     std::thread::scope(|scope| {
@@ -135,7 +138,7 @@ fn untar(
             Ok(h) => h,
             Err(e) => return (Err(e), Ok(Vec::new())),
         };
-        let result = untar_members(&mut rx, staging, what);
+        let result = untar_members(&mut rx, staging, digests, what);
         // Hanging up stops the inflater at its next chunk; it hashes the rest of the blob.
         drop(rx);
         let inflated = inflater
@@ -350,6 +353,7 @@ impl<R: Read> Read for HeaderGuard<R> {
 fn untar_members(
     input: &mut impl Read,
     staging: &Path,
+    digests: bool,
     what: &str,
 ) -> Result<Vec<Member>, InstallError> {
     let tar_err = |e: std::io::Error| InstallError::Tar {
@@ -425,10 +429,8 @@ fn untar_members(
                     .mode(mode | 0o600)
                     .open(&dest)
                     .map_err(|e| InstallError::io(what, &dest, e))?;
-                digest = Some(
-                    copy(&mut entry, &mut f, &mut buf)
-                        .map_err(|e| map_copy_err(e, what, &dest))?,
-                );
+                digest = copy(&mut entry, &mut f, &mut buf, digests)
+                    .map_err(|e| map_copy_err(e, what, &dest))?;
                 f.set_permissions(std::fs::Permissions::from_mode(mode | 0o600))
                     .and_then(|()| f.set_times(epoch_times()))
                     .map_err(|e| InstallError::io(what, &dest, e))?;
@@ -507,23 +509,27 @@ fn create_parent(
     Ok(())
 }
 
-/// Copy a member's data into its file, returning the digest of what was written.
+/// Copy a member's data into its file, returning the digest of what was written if `digest`
+/// asks for it.
 fn copy(
     src: &mut impl Read,
     dst: &mut std::fs::File,
     buf: &mut [u8],
-) -> std::io::Result<blake3::Hash> {
+    digest: bool,
+) -> std::io::Result<Option<blake3::Hash>> {
     use std::io::Write;
-    let mut hasher = blake3::Hasher::new();
+    let mut hasher = digest.then(blake3::Hasher::new);
     loop {
         let n = match src.read(buf) {
-            Ok(0) => return Ok(hasher.finalize()),
+            Ok(0) => return Ok(hasher.map(|h| h.finalize())),
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
         dst.write_all(&buf[..n])?;
-        hasher.update(&buf[..n]);
+        if let Some(h) = &mut hasher {
+            h.update(&buf[..n]);
+        }
     }
 }
 
@@ -702,7 +708,7 @@ mod tests {
         let limits = Limits {
             max_unpacked: 1 << 30,
         };
-        let (inflated, result) = untar(&blob[..], &dir.path().join("s"), limits, "pkg");
+        let (inflated, result) = untar(&blob[..], &dir.path().join("s"), limits, true, "pkg");
         let inflated = inflated.expect("the blob is read");
         inflated
             .judge(result, limits, "pkg")
@@ -811,7 +817,16 @@ mod tests {
         let limits = Limits {
             max_unpacked: 1 << 30,
         };
-        let ex = extract(&blob[..], &Sha256::of(&blob), None, &staging, limits, "pkg").unwrap();
+        let ex = extract(
+            &blob[..],
+            &Sha256::of(&blob),
+            None,
+            &staging,
+            limits,
+            true,
+            "pkg",
+        )
+        .unwrap();
         for name in ["small", "big", ".spack/binary_distribution"] {
             let on_disk = std::fs::read(ex.prefix_dir.join(name)).unwrap();
             assert_eq!(

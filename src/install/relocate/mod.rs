@@ -28,6 +28,8 @@ use map::RelocationMap;
 pub struct RelocationReport {
     /// Paths (relative to the prefix) whose content or target changed.
     pub changed: HashSet<String>,
+    /// BLAKE3 digests of the new content of the regular files that changed.
+    pub digests: HashMap<String, blake3::Hash>,
 }
 
 /// Check that every listed path is a plain member of the prefix of the right kind.
@@ -68,12 +70,18 @@ fn check_list<'a>(
     Ok(out)
 }
 
-/// Relocate the prefix at `prefix_dir` in place.
+/// Relocate the prefix at `prefix_dir` in place; with `digests`, report the BLAKE3 digest of
+/// each file rewritten.
+///
+/// Listed files are relocated on a few threads (the largest first), each file (inode) by one
+/// thread: the text rule, then the binary rule, as listed. A file listed twice, or under two
+/// hard-linked names, is relocated once.
 pub fn relocate(
     prefix_dir: &Path,
     members: &HashMap<String, (MemberKind, u32)>,
     info: &BuildInfo,
     map: &RelocationMap,
+    digests: bool,
     what: &str,
 ) -> Result<RelocationReport, InstallError> {
     let mut report = RelocationReport::default();
@@ -82,6 +90,12 @@ pub fn relocate(
     let links = check_list(&info.relocate_links, members, true, what)?;
     if map.is_empty() {
         return Ok(report);
+    }
+    for rel in &links {
+        let path = prefix_dir.join(rel);
+        if links::relocate_link(&path, map).map_err(|e| InstallError::io(what, &path, e))? {
+            report.changed.insert(rel.to_string());
+        }
     }
     if !info.hardlinks_deduped {
         // Keep the first path of each inode, over both lists.
@@ -95,36 +109,138 @@ pub fn relocate(
         texts.retain(&mut keep);
         binaries.retain(&mut keep);
     }
-    for rel in &links {
+    // One job per inode: its steps in list order (texts, then binaries), as Spack runs them.
+    let mut jobs: Vec<FileJob> = Vec::new();
+    let mut by_inode: HashMap<(u64, u64), usize> = HashMap::new();
+    let listed = texts
+        .iter()
+        .map(|p| (*p, Rule::Text))
+        .chain(binaries.iter().map(|p| (*p, Rule::Binary)));
+    for (rel, rule) in listed {
         let path = prefix_dir.join(rel);
-        if links::relocate_link(&path, map).map_err(|e| InstallError::io(what, &path, e))? {
-            report.changed.insert(rel.to_string());
-        }
+        let m = std::fs::symlink_metadata(&path).map_err(|e| InstallError::io(what, &path, e))?;
+        let i = *by_inode.entry((m.dev(), m.ino())).or_insert_with(|| {
+            jobs.push(FileJob {
+                size: m.len(),
+                steps: Vec::new(),
+            });
+            jobs.len() - 1
+        });
+        jobs[i].steps.push((rel.to_string(), rule));
     }
-    for rel in &texts {
-        if relocate_text_file(&prefix_dir.join(rel), map, what)? {
-            report.changed.insert(rel.to_string());
-        }
-    }
-    for rel in &binaries {
-        if relocate_binary_file(&prefix_dir.join(rel), rel, map, what)? {
-            report.changed.insert(rel.to_string());
+    let results = run_jobs(&jobs, |job| job.run(prefix_dir, map, digests, what));
+    for (job, result) in jobs.iter().zip(results) {
+        if let Some(digest) = result? {
+            // Every name of the file changed with it.
+            for (rel, _) in &job.steps {
+                report.changed.insert(rel.clone());
+                if let Some(d) = digest {
+                    report.digests.insert(rel.clone(), d);
+                }
+            }
         }
     }
     Ok(report)
 }
 
-fn relocate_text_file(path: &Path, map: &RelocationMap, what: &str) -> Result<bool, InstallError> {
+/// The rule a relocation list asks for.
+#[derive(Clone, Copy)]
+enum Rule {
+    Text,
+    Binary,
+}
+
+/// One file (inode) to relocate: the steps the lists ask for, by the name each listed it
+/// under, and its size (to schedule the largest first).
+struct FileJob {
+    size: u64,
+    steps: Vec<(String, Rule)>,
+}
+
+impl FileJob {
+    /// `Some` if the file changed, with the digest of its new content when asked for.
+    fn run(
+        &self,
+        prefix_dir: &Path,
+        map: &RelocationMap,
+        digests: bool,
+        what: &str,
+    ) -> Result<Option<Option<blake3::Hash>>, InstallError> {
+        let mut last = None;
+        for (rel, rule) in &self.steps {
+            let path = prefix_dir.join(rel);
+            let changed = match rule {
+                Rule::Text => relocate_text_file(&path, map, digests, what)?,
+                Rule::Binary => relocate_binary_file(&path, rel, map, digests, what)?,
+            };
+            // The last step that changed the file saw its final bytes.
+            last = changed.or(last);
+        }
+        Ok(last)
+    }
+}
+
+/// Run `f` over `jobs` on up to four threads, the largest jobs first; results in job order.
+fn run_jobs<T: Send>(jobs: &[FileJob], f: impl Fn(&FileJob) -> T + Sync) -> Vec<T> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4)
+        .min(jobs.len());
+    if threads <= 1 {
+        return jobs.iter().map(&f).collect();
+    }
+    let mut order: Vec<usize> = (0..jobs.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(jobs[i].size));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut results: Vec<Option<T>> = std::iter::repeat_with(|| None).take(jobs.len()).collect();
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(&i) = order.get(k) else { break done };
+                        done.push((i, f(&jobs[i])));
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            match w.join() {
+                Ok(done) => {
+                    for (i, r) in done {
+                        results[i] = Some(r);
+                    }
+                }
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+    });
+    results
+        .into_iter()
+        .map(|r| r.expect("every job ran"))
+        .collect()
+}
+
+/// The text rule on one file; `Some` if it changed, with the digest of its new content when
+/// `digests` asks for it.
+fn relocate_text_file(
+    path: &Path,
+    map: &RelocationMap,
+    digests: bool,
+    what: &str,
+) -> Result<Option<Option<blake3::Hash>>, InstallError> {
     let io = |e| InstallError::io(what, path, e);
     let file = std::fs::File::open(path).map_err(io)?;
     if file.metadata().map_err(io)?.len() == 0 {
-        return Ok(false);
+        return Ok(None);
     }
     // SAFETY: the file lives in our private staging directory; nothing else writes it while
     // the map is alive.
     let data = unsafe { Mmap::map(&file) }.map_err(io)?;
     let Some(new) = text::relocate_text(&data, map) else {
-        return Ok(false);
+        return Ok(None);
     };
     drop(data);
     let mut out = OpenOptions::new()
@@ -133,15 +249,18 @@ fn relocate_text_file(path: &Path, map: &RelocationMap, what: &str) -> Result<bo
         .open(path)
         .map_err(io)?;
     out.write_all(&new).map_err(io)?;
-    Ok(true)
+    Ok(Some(digests.then(|| blake3::hash(&new))))
 }
 
+/// The ELF step and the binary rule on one file; `Some` if it changed, with the digest of its
+/// new content (hashed from the map, while it is hot) when `digests` asks for it.
 fn relocate_binary_file(
     path: &Path,
     rel: &str,
     map: &RelocationMap,
+    digests: bool,
     what: &str,
-) -> Result<bool, InstallError> {
+) -> Result<Option<Option<blake3::Hash>>, InstallError> {
     let io = |e| InstallError::io(what, path, e);
     let file = OpenOptions::new()
         .read(true)
@@ -149,7 +268,7 @@ fn relocate_binary_file(
         .open(path)
         .map_err(io)?;
     if file.metadata().map_err(io)?.len() == 0 {
-        return Ok(false);
+        return Ok(None);
     }
     // SAFETY: as above, the staging file is ours alone while mapped.
     let mut data = unsafe { MmapMut::map_mut(&file) }.map_err(io)?;
@@ -184,5 +303,5 @@ fn relocate_binary_file(
             new: String::from_utf8_lossy(&new).into_owned(),
         },
     })?;
-    Ok(changed_by_elf || n > 0)
+    Ok((changed_by_elf || n > 0).then(|| digests.then(|| blake3::hash(&data))))
 }
