@@ -689,9 +689,11 @@ fn kill_9_during_extraction_never_leaves_a_partial_prefix() {
     let mut rng = Rng::from_env_or_clock("kill_9_during_extraction");
 
     // How long a first touch takes here, and how long its staging directory lives (own
-    // cache, so that the rounds start cold).
-    let calibration_cache = dirs.path().join("calibration");
-    let (full, staged_for) = {
+    // cache, so that the rounds start cold). Measured twice, the shorter kept: the first
+    // touch on a fresh machine also pays for cold binaries and page cache, and a kill timed
+    // by it comes after the (faster) touches of the rounds have published.
+    let calibrate = |no: usize| {
+        let calibration_cache = dirs.path().join(format!("calibration-{no}"));
         let d = Daemon::mount(&mirror, mnt, &calibration_cache, &["--unsigned"]);
         let start = Instant::now();
         let mut touch = big.touch_cmd(mnt);
@@ -715,9 +717,14 @@ fn kill_9_during_extraction_never_leaves_a_partial_prefix() {
             (Some(a), Some(b)) => b.saturating_sub(a),
             _ => Duration::ZERO,
         };
-        (start.elapsed(), staged_for)
+        let full = start.elapsed();
+        drop(d);
+        std::fs::remove_dir_all(&calibration_cache).expect("remove calibration cache");
+        (full, staged_for)
     };
-    std::fs::remove_dir_all(&calibration_cache).expect("remove calibration cache");
+    let (full_a, staged_a) = calibrate(0);
+    let (full_b, staged_b) = calibrate(1);
+    let (full, staged_for) = (full_a.min(full_b), staged_a.min(staged_b));
     eprintln!(
         "kill_9_during_extraction: a first touch takes {full:?}, its staging lives {staged_for:?}"
     );
