@@ -1526,20 +1526,17 @@ impl Read for Chunked<'_> {
 
 type Listing = Vec<(String, String, bool)>;
 
-fn listing(r: &[index::IndexRecord]) -> Result<Listing, String> {
+fn listing(r: &spackfs::buildcache::table::IndexTable) -> Result<Listing, String> {
     let mut out = Vec::new();
-    for rec in r {
+    for row in 0..r.len() as u32 {
+        let n = r.ident(row);
         ensure!(
-            valid_hash(&rec.node.hash),
+            valid_hash(n.hash),
             "index record of {:?} has hash {:?}",
-            rec.node.name,
-            rec.node.hash
+            n.name,
+            n.hash
         );
-        out.push((
-            rec.node.hash.clone(),
-            rec.node.name.clone(),
-            rec.in_buildcache,
-        ));
+        out.push((n.hash.to_string(), n.name.to_string(), r.in_buildcache(row)));
     }
     Ok(out)
 }
@@ -1613,8 +1610,16 @@ impl Truncated {
                         Some(n)
                     })
                     .collect();
+                let table = std::sync::Arc::new(
+                    spackfs::buildcache::table::IndexTable::from_nodes(
+                        nodes.iter().map(|n| (n, true)),
+                    )
+                    .expect("a table of valid nodes"),
+                );
+                let packages: Vec<_> =
+                    spackfs::buildcache::table::IndexTable::packages(&table).collect();
                 let mut db = Vec::new();
-                spackfs::catalog::write_database(nodes.iter().map(|n| (n, true)), &mut db)
+                spackfs::catalog::write_database(packages.iter().map(|p| (p, true)), &mut db)
                     .expect("written in memory");
                 ("a database written by catalog::write_database".into(), db)
             }

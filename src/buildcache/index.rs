@@ -2,6 +2,7 @@
 //! read as a stream (indexes of public caches run to hundreds of MB: nothing is held but the
 //! records, and nothing is ever cut short).
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -12,25 +13,19 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::rawspec::Spool;
-use super::spec::{Interner, SpecNode};
+use super::spec::{Key, NodeText};
+use super::table::{IndexTable, PackageRef, RawAt, Rows, TableStrings};
 use super::FormatError;
 
-/// One record of a build-cache index.
-#[derive(Debug, Clone)]
-pub struct IndexRecord {
-    pub node: SpecNode,
-    pub in_buildcache: bool,
-}
-
-/// Parse an index database held in memory; records keep index order. Accepts DB versions
-/// 6, 7 and 8. The nodes keep no JSON.
-pub fn parse(json: &[u8], what: &str) -> Result<Vec<IndexRecord>, FormatError> {
+/// Parse an index database held in memory; rows keep index order. Accepts DB versions 6,
+/// 7 and 8. No spec's JSON is kept.
+pub fn parse(json: &[u8], what: &str) -> Result<IndexTable, FormatError> {
     parse_bytes(json, what, None)
 }
 
-/// Parse the index database a spool holds (its whole content); every node points at its
+/// Parse the index database a spool holds (its whole content); every row points at its
 /// spec's text in the spool.
-pub fn parse_spool(spool: &Arc<Spool>, what: &str) -> Result<Vec<IndexRecord>, FormatError> {
+pub fn parse_spool(spool: &Arc<Spool>, what: &str) -> Result<IndexTable, FormatError> {
     if spool.is_empty() {
         return parse(b"", what);
     }
@@ -40,11 +35,11 @@ pub fn parse_spool(spool: &Arc<Spool>, what: &str) -> Result<Vec<IndexRecord>, F
     parse_bytes(&map, what, Some((spool, &map)))
 }
 
-/// Write a Spack database of `records`, in order: each record keyed by its node's hash,
-/// its spec as the node keeps it ([`super::rawspec::RawSpec::write_to`]), then `tail`, the
-/// record's other members (JSON members without the braces, e.g. `"ref_count":0`).
+/// Write a Spack database of `records`, in order: each record keyed by its package's hash,
+/// its spec as the table keeps it ([`PackageRef::write_spec`]), then `tail`, the record's
+/// other members (JSON members without the braces, e.g. `"ref_count":0`).
 pub fn write_database<'a, D: fmt::Display>(
-    records: impl Iterator<Item = (&'a SpecNode, D)>,
+    records: impl Iterator<Item = (&'a PackageRef, D)>,
     out: &mut dyn std::io::Write,
 ) -> std::io::Result<()> {
     out.write_all(br#"{"database":{"version":"8","installs":{"#)?;
@@ -52,10 +47,9 @@ pub fn write_database<'a, D: fmt::Display>(
         if i > 0 {
             out.write_all(b",")?;
         }
-        serde_json::to_writer(&mut *out, &node.hash)?;
+        serde_json::to_writer(&mut *out, node.hash())?;
         out.write_all(br#":{"spec":"#)?;
-        node.raw
-            .write_to(out, &node.name, &node.version, &node.hash)?;
+        node.write_spec(out)?;
         write!(out, ",{tail}}}")?;
     }
     out.write_all(b"}}}")
@@ -67,39 +61,41 @@ const BATCH: usize = 256;
 const PARALLEL_FROM: usize = 4 << 20;
 /// The mapped bytes more than this far behind the parse are released (the peak memory of
 /// a parse does not grow with the index); a multiple of every page size.
-const WINDOW: usize = 16 << 20;
+const WINDOW: usize = 4 << 20;
 
 /// One pass over the JSON text (never a tree of it): the envelope is walked on the calling
 /// thread, each record's spec found as a slice of the text, and the specs are parsed, in
-/// batches, on worker threads (one per core, up to 4) while the walk goes on. Records keep
-/// file order; the first error in file order is the one reported.
+/// batches, on worker threads (one per core, up to 4) while the walk goes on, into rows of
+/// one table (strings interned as they are read). Parsed batches are appended in file
+/// order as they come back; the first error in file order is the one reported.
 fn parse_bytes(
     json: &[u8],
     what: &str,
     keep: Option<(&Arc<Spool>, &memmap2::Mmap)>,
-) -> Result<Vec<IndexRecord>, FormatError> {
+) -> Result<IndexTable, FormatError> {
     let workers = if json.len() < PARALLEL_FROM {
         0
     } else {
         std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
     };
+    let strings = TableStrings::default();
     let specs = Specs {
         what,
         base: json.as_ptr() as usize,
-        spool: keep.map(|k| k.0),
+        spooled: keep.is_some(),
+        strings: &strings,
     };
     let failed = AtomicBool::new(false);
     let (done, results) = mpsc::channel::<Done>();
     // A queue per worker (batches dealt in turn): a worker that stopped closes its own.
     let (jobs, queues): (Vec<_>, Vec<_>) =
         (0..workers).map(|_| mpsc::sync_channel::<Batch>(2)).unzip();
-    std::thread::scope(|scope| {
+    let rows = std::thread::scope(|scope| {
         for queue in queues {
             let (done, specs, failed) = (done.clone(), &specs, &failed);
             scope.spawn(move || {
-                let mut interner = Interner::default();
                 for (no, batch) in queue {
-                    let r = specs.records(batch, &mut interner);
+                    let r = specs.rows(batch);
                     if r.is_err() {
                         failed.store(true, Ordering::Relaxed);
                     }
@@ -113,9 +109,10 @@ fn parse_bytes(
             specs: &specs,
             jobs,
             done,
+            results,
             batch: Vec::with_capacity(BATCH),
             sent: 0,
-            interner: Interner::default(),
+            collected: Collected::default(),
             failed: &failed,
             map: keep.map(|k| k.1),
             released: 0,
@@ -129,19 +126,18 @@ fn parse_bytes(
         // record's own error comes before any later one of the text.
         state.send_batch();
         let Parse {
-            jobs, done, error, ..
+            jobs,
+            done,
+            results,
+            mut collected,
+            error,
+            ..
         } = state;
         drop((jobs, done));
-        let mut batches: Vec<Done> = results.iter().collect();
-        batches.sort_unstable_by_key(|(no, _)| *no);
-        let total = batches
-            .iter()
-            .map(|(_, r)| r.as_ref().map_or(0, Vec::len))
-            .sum();
-        let mut out = Vec::with_capacity(total);
-        for (_, r) in batches {
-            out.extend(r?);
+        for (no, r) in results.iter() {
+            collected.add(no, r, what);
         }
+        let rows = collected.finish(what);
         let json_err = |source| FormatError::Json {
             what: what.to_string(),
             source,
@@ -149,8 +145,9 @@ fn parse_bytes(
         let head = match parsed {
             Ok(h) => h,
             // A record that failed is the error to report, not serde's wrapping of it.
-            Err(e) => return Err(error.unwrap_or_else(|| json_err(e))),
+            Err(e) => return Err(error.or(rows.err()).unwrap_or_else(|| json_err(e))),
         };
+        let rows = rows?;
         let Some(db) = head else {
             return Err(FormatError::invalid(what, "no \"database\" member"));
         };
@@ -169,42 +166,77 @@ fn parse_bytes(
         if !db.installs {
             return Err(FormatError::invalid(what, "database without installs"));
         }
-        Ok(out)
-    })
+        Ok(rows)
+    })?;
+    let spools = keep.map(|k| vec![k.0.clone()]).unwrap_or_default();
+    Ok(IndexTable::assemble(strings, rows, spools))
+}
+
+/// Parsed batches, appended in file order as they come back (a batch that arrives early
+/// waits for those before it); the first error in file order is kept.
+#[derive(Default)]
+struct Collected {
+    rows: Rows,
+    next: usize,
+    waiting: std::collections::BTreeMap<usize, Result<Rows, FormatError>>,
+    error: Option<FormatError>,
+}
+
+impl Collected {
+    fn add(&mut self, no: usize, r: Result<Rows, FormatError>, what: &str) {
+        self.waiting.insert(no, r);
+        while let Some(r) = self.waiting.remove(&self.next) {
+            self.next += 1;
+            if self.error.is_some() {
+                continue;
+            }
+            if let Err(e) = r.and_then(|part| self.rows.append(part, what)) {
+                self.error = Some(e);
+            }
+        }
+    }
+
+    fn finish(self, what: &str) -> Result<Rows, FormatError> {
+        match (self.error, self.waiting.is_empty()) {
+            (Some(e), _) => Err(e),
+            (None, true) => Ok(self.rows),
+            // A batch never came back while a later one did: cannot be, short of a bug.
+            (None, false) => Err(FormatError::invalid(what, "a parsing thread stopped")),
+        }
+    }
 }
 
 /// A record as the walk found it: its key, its spec's text, `in_buildcache`.
 struct Pending<'a> {
-    key: String,
+    key: Cow<'a, str>,
     spec: &'a RawValue,
     in_cache: Option<bool>,
 }
 
 /// A batch of records and its number (file order).
 type Batch<'a> = (usize, Vec<Pending<'a>>);
-type Done = (usize, Result<Vec<IndexRecord>, FormatError>);
+type Done = (usize, Result<Rows, FormatError>);
 
-/// Makes nodes of records' specs.
+/// Makes rows of records' specs.
 struct Specs<'a> {
     what: &'a str,
     /// Where the text starts (a spec's offset in the spool is its distance from here).
     base: usize,
-    spool: Option<&'a Arc<Spool>>,
+    /// The text is the spool (spool 0 of the table): rows point into it.
+    spooled: bool,
+    strings: &'a TableStrings,
 }
 
 impl Specs<'_> {
-    fn records(
-        &self,
-        batch: Vec<Pending<'_>>,
-        interner: &mut Interner,
-    ) -> Result<Vec<IndexRecord>, FormatError> {
-        batch
-            .into_iter()
-            .map(|p| self.record(p, interner))
-            .collect()
+    fn rows(&self, batch: Vec<Pending<'_>>) -> Result<Rows, FormatError> {
+        let mut rows = Rows::default();
+        for p in batch {
+            self.record(p, &mut rows)?;
+        }
+        Ok(rows)
     }
 
-    fn record(&self, p: Pending<'_>, interner: &mut Interner) -> Result<IndexRecord, FormatError> {
+    fn record(&self, p: Pending<'_>, rows: &mut Rows) -> Result<(), FormatError> {
         let what = self.what;
         let key = p.key;
         // The key replaces the spec's hash below, so it is held to the same rule.
@@ -215,17 +247,20 @@ impl Specs<'_> {
             ));
         }
         let text = p.spec.get();
-        let mut node = SpecNode::from_text(text, what, interner)?;
-        if let Some(spool) = self.spool {
-            let offset = (text.as_ptr() as usize - self.base) as u64;
-            node.raw = spool.spec_at(offset, text.len(), node.hash != key);
-        }
+        let node = NodeText::parse(text, what)?;
+        let raw = if self.spooled {
+            RawAt::Spool {
+                spool: 0,
+                offset: (text.as_ptr() as usize - self.base) as u64,
+                len: text.len(),
+                hash_differs: node.hash != key,
+            }
+        } else {
+            RawAt::None
+        };
         // The key is authoritative (format doc 3.2).
-        node.hash = key;
-        Ok(IndexRecord {
-            in_buildcache: p.in_cache.unwrap_or(false),
-            node,
-        })
+        let in_cache = p.in_cache.unwrap_or(false);
+        rows.push(self.strings, &node, &key, in_cache, raw, what)
     }
 }
 
@@ -235,9 +270,10 @@ struct Parse<'p, 'a> {
     /// The workers' queues (none: batches are parsed here).
     jobs: Vec<mpsc::SyncSender<Batch<'a>>>,
     done: mpsc::Sender<Done>,
+    results: mpsc::Receiver<Done>,
     batch: Vec<Pending<'a>>,
     sent: usize,
-    interner: Interner,
+    collected: Collected,
     /// A worker's batch failed: the walk stops.
     failed: &'p AtomicBool,
     /// The mapped text, released behind the walk.
@@ -295,12 +331,17 @@ impl<'a> Parse<'_, 'a> {
                 }
             }
             None => {
-                let r = self.specs.records(batch, &mut self.interner);
+                let r = self.specs.rows(batch);
                 if r.is_err() {
                     self.failed.store(true, Ordering::Relaxed);
                 }
                 let _ = self.done.send((no, r));
             }
+        }
+        // Parsed batches are appended as they come back: only a few are ever held apart
+        // from the table.
+        while let Ok((no, r)) = self.results.try_recv() {
+            self.collected.add(no, r, self.specs.what);
         }
     }
 }
@@ -326,7 +367,7 @@ impl<'a> DeserializeSeed<'a> for EnvelopeSeed<'_, '_, 'a> {
             }
             fn visit_map<A: MapAccess<'a>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut head = None;
-                while let Some(key) = map.next_key::<std::borrow::Cow<str>>()? {
+                while let Some(key) = map.next_key::<Key>()?.map(|k| k.0) {
                     if key == "database" && head.is_none() {
                         head = Some(map.next_value_seed(DatabaseSeed(&mut *self.0))?);
                     } else {
@@ -356,7 +397,7 @@ impl<'a> DeserializeSeed<'a> for DatabaseSeed<'_, '_, 'a> {
                     version: None,
                     installs: false,
                 };
-                while let Some(key) = map.next_key::<std::borrow::Cow<str>>()? {
+                while let Some(key) = map.next_key::<Key>()?.map(|k| k.0) {
                     match key.as_ref() {
                         "version" => head.version = Some(map.next_value()?),
                         // Records of a second `installs` would be read twice: one only.
@@ -389,7 +430,7 @@ impl<'a> DeserializeSeed<'a> for InstallsSeed<'_, '_, 'a> {
                 f.write_str("a map of hashes to records")
             }
             fn visit_map<A: MapAccess<'a>>(self, mut map: A) -> Result<bool, A::Error> {
-                while let Some(key) = map.next_key::<String>()? {
+                while let Some(Key(key)) = map.next_key::<Key<'a>>()? {
                     if self.0.failed.load(Ordering::Relaxed) {
                         // A parsed record failed: its error is the one reported.
                         return Err(de::Error::custom("a record failed"));
@@ -437,7 +478,7 @@ impl<'a> Deserialize<'a> for RawRecord<'a> {
                     spec: None,
                     in_buildcache: None,
                 };
-                while let Some(key) = map.next_key::<std::borrow::Cow<str>>()? {
+                while let Some(key) = map.next_key::<Key>()?.map(|k| k.0) {
                     match key.as_ref() {
                         "spec" => rec.spec = Some(map.next_value()?),
                         // As Spack writes it (a boolean); anything else counts as absent.
@@ -465,13 +506,13 @@ mod tests {
             "bbb":{"spec":{"name":"b","version":"1","hash":"zzz"},"ref_count":1,"in_buildcache":true},
             "aaa":{"spec":{"name":"a","version":"2","hash":"aaa"},"in_buildcache":false}
         },"version":"8"}}"#;
-        let r = parse(db, "idx").unwrap();
+        let r = Arc::new(parse(db, "idx").unwrap());
         assert_eq!(r.len(), 2);
-        assert_eq!(
-            (r[0].node.name.as_str(), r[0].node.hash.as_str()),
-            ("b", "bbb")
-        );
-        assert!(r[0].in_buildcache && !r[1].in_buildcache);
+        let (b, a) = (IndexTable::package(&r, 0), IndexTable::package(&r, 1));
+        assert_eq!((b.name(), b.hash()), ("b", "bbb"));
+        assert!(b.in_buildcache() && !a.in_buildcache());
+        assert_eq!(r.find("bbb"), Some(0));
+        assert_eq!(r.find("zzz"), None);
         assert!(parse(br#"{"database":{"version":"5","installs":{}}}"#, "i").is_err());
         assert!(parse(br#"{"database":{"version":8}}"#, "i").is_err());
         let e = parse(br#"{"database":{"version":"8","installs":{}}} x"#, "idx").unwrap_err();

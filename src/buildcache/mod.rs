@@ -14,6 +14,7 @@ pub mod oci;
 pub mod projection;
 pub mod rawspec;
 pub mod spec;
+pub mod table;
 
 /// A malformed or unsupported object in a mirror.
 #[derive(Debug, thiserror::Error)]

@@ -1,7 +1,7 @@
 //! Projections: where a package's prefix lies under an install root (format doc 4.6).
 
 use super::sanitize_component;
-use super::spec::{SpecDag, SpecNode};
+use super::spec::{NodeIdent, SpecDag, SpecNode};
 use super::FormatError;
 
 /// Spack 1.x default projection.
@@ -49,13 +49,19 @@ impl Projection {
         &self.template
     }
 
+    /// Does the template name the compiler (`{compiler…}`)? When it does not, no compiler
+    /// need be looked up to place a package.
+    pub fn uses_compiler(&self) -> bool {
+        self.template.contains("{compiler")
+    }
+
     /// The relative path of `node` (`dag` supplies its compiler for `{compiler.*}`).
     pub fn format(&self, node: &SpecNode, dag: Option<&SpecDag>) -> Result<String, FormatError> {
         let compiler = node
             .compiler
             .clone()
             .or_else(|| dag.and_then(|d| d.compiler_of(node)));
-        self.format_with(node, compiler.as_ref())
+        self.format_with(node.ident(), compiler.as_ref())
     }
 
     /// The relative path of `node` with `compiler` for `{compiler.*}`, made as Spack's
@@ -65,10 +71,10 @@ impl Projection {
     /// the package: nothing a spec says can place a prefix outside the install root.
     pub fn format_with(
         &self,
-        node: &SpecNode,
+        node: NodeIdent<'_>,
         compiler: Option<&(String, String)>,
     ) -> Result<String, FormatError> {
-        let mut parts = Vec::new();
+        let mut path = String::new();
         for part in self.template.split('/') {
             let mut out = String::new();
             let mut rest = part;
@@ -81,7 +87,7 @@ impl Projection {
                     )
                 })? + open;
                 let token = &rest[open + 1..close];
-                out.push_str(&self.token(token, node, compiler)?);
+                self.token(&mut out, token, &node, compiler)?;
                 rest = &rest[close + 1..];
             }
             out.push_str(rest);
@@ -95,40 +101,51 @@ impl Projection {
                     ),
                 ));
             }
-            parts.push(component);
+            if !path.is_empty() {
+                path.push('/');
+            }
+            path.push_str(&component);
         }
-        Ok(parts.join("/"))
+        Ok(path)
     }
 
+    /// Append the value of `token` to `out`.
     fn token(
         &self,
+        out: &mut String,
         token: &str,
-        node: &SpecNode,
+        node: &NodeIdent<'_>,
         compiler: Option<&(String, String)>,
-    ) -> Result<String, FormatError> {
+    ) -> Result<(), FormatError> {
         let (cname, cver) = compiler
-            .map(|(n, v)| (n.clone(), v.clone()))
-            .unwrap_or_else(|| ("none".into(), "none".into()));
-        Ok(match token {
-            "name" => node.name.clone(),
-            "version" => node.version.clone(),
-            "hash" => node.hash.clone(),
-            "namespace" => node.namespace.to_string(),
-            "architecture" | "arch" => {
-                format!("{}-{}-{}", node.platform, node.platform_os, node.target)
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .unwrap_or(("none", "none"));
+        let mut put = |parts: &[&str], sep: &str| {
+            for (i, p) in parts.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(sep);
+                }
+                out.push_str(p);
             }
-            "architecture.platform" | "platform" => node.platform.to_string(),
-            "architecture.os" | "architecture.platform_os" | "os" => node.platform_os.to_string(),
-            "architecture.target" | "target" => node.target.to_string(),
-            "compiler.name" => cname,
-            "compiler.version" => cver,
-            "compiler" => format!("{cname}-{cver}"),
+        };
+        match token {
+            "name" => put(&[node.name], ""),
+            "version" => put(&[node.version], ""),
+            "hash" => put(&[node.hash], ""),
+            "namespace" => put(&[node.namespace], ""),
+            "architecture" | "arch" => put(&[node.platform, node.platform_os, node.target], "-"),
+            "architecture.platform" | "platform" => put(&[node.platform], ""),
+            "architecture.os" | "architecture.platform_os" | "os" => put(&[node.platform_os], ""),
+            "architecture.target" | "target" => put(&[node.target], ""),
+            "compiler.name" => put(&[cname], ""),
+            "compiler.version" => put(&[cver], ""),
+            "compiler" => put(&[cname, cver], "-"),
             t => {
                 if let Some(n) = t.strip_prefix("hash:") {
                     let n: usize = n.parse().map_err(|_| {
                         FormatError::invalid("projection", format!("bad token {{{t}}}"))
                     })?;
-                    node.hash.chars().take(n).collect()
+                    out.extend(node.hash.chars().take(n));
                 } else {
                     return Err(FormatError::invalid(
                         "projection",
@@ -136,7 +153,8 @@ impl Projection {
                     ));
                 }
             }
-        })
+        }
+        Ok(())
     }
 }
 

@@ -39,6 +39,11 @@ impl DepTypes {
         DepTypes(names.into_iter().fold(0, |acc, n| acc | Self::bit(n)))
     }
 
+    /// The kinds of both.
+    pub fn with(self, other: DepTypes) -> Self {
+        DepTypes(self.0 | other.0)
+    }
+
     pub fn has(self, name: &str) -> bool {
         let b = Self::bit(name);
         b != 0 && self.0 & b != 0
@@ -95,10 +100,23 @@ pub struct SpecNode {
     pub raw: RawSpec,
 }
 
-impl SpecNode {
+/// The fields that name a package and place its prefix, borrowed from a [`SpecNode`] or a
+/// row of an index table.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeIdent<'a> {
+    pub name: &'a str,
+    pub version: &'a str,
+    pub hash: &'a str,
+    pub namespace: &'a str,
+    pub platform: &'a str,
+    pub platform_os: &'a str,
+    pub target: &'a str,
+}
+
+impl NodeIdent<'_> {
     /// `name@version/hash7`, the way users see a package.
     pub fn display(&self) -> String {
-        format!("{}@{}/{}", self.name, self.version, short_hash(&self.hash))
+        format!("{}@{}/{}", self.name, self.version, short_hash(self.hash))
     }
 
     /// Does the node answer to `spec`: `name`, `name@version` or `/hashprefix`?
@@ -117,6 +135,64 @@ impl SpecNode {
     pub fn stem(&self) -> String {
         super::sanitize_component(&format!("{}-{}-{}", self.name, self.version, self.hash))
     }
+}
+
+impl SpecNode {
+    /// The fields that name and place the node.
+    pub fn ident(&self) -> NodeIdent<'_> {
+        NodeIdent {
+            name: &self.name,
+            version: &self.version,
+            hash: &self.hash,
+            namespace: &self.namespace,
+            platform: &self.platform,
+            platform_os: &self.platform_os,
+            target: &self.target,
+        }
+    }
+
+    /// The node's fields, borrowed, as its text would give them.
+    pub fn text(&self) -> NodeText<'_> {
+        NodeText {
+            name: Cow::Borrowed(&self.name),
+            version: Cow::Borrowed(&self.version),
+            hash: Cow::Borrowed(&self.hash),
+            platform: Cow::Borrowed(&self.platform),
+            platform_os: Cow::Borrowed(&self.platform_os),
+            target: Cow::Borrowed(&self.target),
+            namespace: Cow::Borrowed(&self.namespace),
+            compiler: self
+                .compiler
+                .as_ref()
+                .map(|(n, v)| (Cow::Borrowed(n.as_str()), Cow::Borrowed(v.as_str()))),
+            external: self.external,
+            deps: self
+                .deps
+                .iter()
+                .map(|e| EdgeText {
+                    name: Cow::Borrowed(&e.name),
+                    hash: Cow::Borrowed(&e.hash),
+                    deptypes: e.deptypes,
+                    virtuals: e.virtuals.iter().map(|v| Cow::Borrowed(&**v)).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// `name@version/hash7`, the way users see a package.
+    pub fn display(&self) -> String {
+        self.ident().display()
+    }
+
+    /// Does the node answer to `spec`: `name`, `name@version` or `/hashprefix`?
+    pub fn answers_to(&self, spec: &str) -> bool {
+        self.ident().answers_to(spec)
+    }
+
+    /// `name-version-hash`, the stem of manifest names.
+    pub fn stem(&self) -> String {
+        self.ident().stem()
+    }
 
     /// Parse a node object (specfile v2–v5, or a database record's `spec`). The node keeps
     /// no JSON ([`RawSpec::None`]).
@@ -125,18 +201,13 @@ impl SpecNode {
             what: what.to_string(),
             source,
         })?;
-        fields.into_node(what, &mut Interner::default())
+        Ok(fields.check(what)?.into_node(&mut Interner::default()))
     }
 
     /// Parse a node from its JSON text (an index record's `spec`), sharing strings through
     /// `interner`. Returns the node (without JSON) and the hash the text itself gives.
     pub fn from_text(text: &str, what: &str, interner: &mut Interner) -> Result<Self, FormatError> {
-        let fields: NodeFields =
-            serde_json::from_str(text).map_err(|source| FormatError::Json {
-                what: what.to_string(),
-                source,
-            })?;
-        fields.into_node(what, interner)
+        Ok(NodeText::parse(text, what)?.into_node(interner))
     }
 }
 
@@ -187,14 +258,80 @@ struct EdgeFields<'a> {
     build_hash: Option<Cow<'a, str>>,
     full_hash: Option<Cow<'a, str>>,
     /// `parameters.deptypes`, when `parameters` is an object with that member.
-    param_deptypes: Option<Vec<Cow<'a, str>>>,
+    param_deptypes: Option<DepTypes>,
     virtuals: Vec<Cow<'a, str>>,
     /// `type` (older specfiles).
-    kind: Vec<Cow<'a, str>>,
+    kind: DepTypes,
+}
+
+/// A node's fields as its JSON text gives them, checked as every node is (a name, a hash
+/// of letters and digits, a name and a hash on every edge), borrowing from the text where
+/// it can: what a [`SpecNode`] or a row of an [`super::table::IndexTable`] is made of.
+pub struct NodeText<'a> {
+    pub name: Cow<'a, str>,
+    pub version: Cow<'a, str>,
+    pub hash: Cow<'a, str>,
+    pub platform: Cow<'a, str>,
+    pub platform_os: Cow<'a, str>,
+    pub target: Cow<'a, str>,
+    pub namespace: Cow<'a, str>,
+    pub compiler: Option<(Cow<'a, str>, Cow<'a, str>)>,
+    pub external: bool,
+    pub deps: Vec<EdgeText<'a>>,
+}
+
+/// A dependency edge of a [`NodeText`].
+pub struct EdgeText<'a> {
+    pub name: Cow<'a, str>,
+    pub hash: Cow<'a, str>,
+    pub deptypes: DepTypes,
+    pub virtuals: Vec<Cow<'a, str>>,
+}
+
+impl<'a> NodeText<'a> {
+    /// Read a node from its JSON text (an index record's `spec`), leniently (see
+    /// [`SpecNode`]), and check it.
+    pub fn parse(text: &'a str, what: &str) -> Result<Self, FormatError> {
+        let fields: NodeFields<'a> =
+            serde_json::from_str(text).map_err(|source| FormatError::Json {
+                what: what.to_string(),
+                source,
+            })?;
+        fields.check(what)
+    }
+
+    /// The node, its strings shared through `interner`.
+    pub fn into_node(self, interner: &mut Interner) -> SpecNode {
+        let deps = self
+            .deps
+            .into_iter()
+            .map(|e| DepEdge {
+                name: interner.get(&e.name),
+                hash: interner.get(&e.hash),
+                deptypes: e.deptypes,
+                virtuals: e.virtuals.iter().map(|v| Box::from(v.as_ref())).collect(),
+            })
+            .collect();
+        SpecNode {
+            platform: interner.get(&self.platform),
+            platform_os: interner.get(&self.platform_os),
+            target: interner.get(&self.target),
+            namespace: interner.get(&self.namespace),
+            name: self.name.into_owned(),
+            version: self.version.into_owned(),
+            hash: self.hash.into_owned(),
+            compiler: self
+                .compiler
+                .map(|(n, v)| (n.into_owned(), v.into_owned())),
+            external: self.external,
+            deps,
+            raw: RawSpec::None,
+        }
+    }
 }
 
 impl<'a> NodeFields<'a> {
-    fn into_node(self, what: &str, interner: &mut Interner) -> Result<SpecNode, FormatError> {
+    fn check(self, what: &str) -> Result<NodeText<'a>, FormatError> {
         if !self.is_object {
             return Err(FormatError::invalid(what, "spec node is not an object"));
         }
@@ -219,29 +356,25 @@ impl<'a> NodeFields<'a> {
             let dhash = e.hash.or(e.build_hash).or(e.full_hash).ok_or_else(|| {
                 FormatError::invalid(what, format!("dependency {dname} without hash"))
             })?;
-            let types = e.param_deptypes.unwrap_or(e.kind);
-            deps.push(DepEdge {
-                name: interner.get(&dname),
-                hash: interner.get(&dhash),
-                deptypes: DepTypes::from_names(types.iter().map(|t| t.as_ref())),
-                virtuals: e.virtuals.iter().map(|v| Box::from(v.as_ref())).collect(),
+            deps.push(EdgeText {
+                name: dname,
+                hash: dhash,
+                deptypes: e.param_deptypes.unwrap_or(e.kind),
+                virtuals: e.virtuals,
             });
         }
-        let mut s = |v: Option<Cow<str>>| interner.get(v.as_deref().unwrap_or(""));
-        Ok(SpecNode {
-            platform: s(self.arch.platform),
-            platform_os: s(self.arch.platform_os),
-            target: s(self.arch.target),
-            namespace: s(self.namespace),
-            name: name.into_owned(),
-            version: self.version.map(Cow::into_owned).unwrap_or_default(),
-            hash: hash.into_owned(),
-            compiler: self
-                .compiler
-                .map(|(n, v)| (n.into_owned(), v.map(Cow::into_owned).unwrap_or_default())),
+        let or_empty = |v: Option<Cow<'a, str>>| v.unwrap_or(Cow::Borrowed(""));
+        Ok(NodeText {
+            platform: or_empty(self.arch.platform),
+            platform_os: or_empty(self.arch.platform_os),
+            target: or_empty(self.arch.target),
+            namespace: or_empty(self.namespace),
+            name,
+            version: or_empty(self.version),
+            hash,
+            compiler: self.compiler.map(|(n, v)| (n, or_empty(v))),
             external: self.external,
             deps,
-            raw: RawSpec::None,
         })
     }
 }
@@ -313,6 +446,32 @@ impl<'de> Deserialize<'de> for Str<'de> {
     }
 }
 
+/// A member name, borrowed from the text unless it holds escapes (serde's own `Cow<str>`
+/// always copies).
+pub(crate) struct Key<'a>(pub Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
 /// A member read as a list of strings: a string is a list of one, a list keeps its
 /// strings, anything else is empty.
 struct Strs<'a>(Vec<Cow<'a, str>>);
@@ -350,6 +509,39 @@ impl<'de> Deserialize<'de> for Strs<'de> {
     }
 }
 
+/// A member read as dependency kinds: a name, or a list whose strings are names; anything
+/// else is none (read as [`Strs`] reads it, without keeping the strings).
+struct Kinds(DepTypes);
+
+impl<'de> Deserialize<'de> for Kinds {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Kinds;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            lenient_scalars!(Kinds(DepTypes::default()));
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Kinds(DepTypes::from_names([v])))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
+                let mut bits = DepTypes::default();
+                while let Some(Str(x)) = s.next_element::<Str>()? {
+                    if let Some(x) = x {
+                        bits = bits.with(DepTypes::from_names([x.as_ref()]));
+                    }
+                }
+                Ok(Kinds(bits))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<Self::Value, A::Error> {
+                drain_map(m).map(|_| Kinds(DepTypes::default()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// Reads a member that is meaningful only as an object: `visit` reads each of its members
 /// (by key), anything else gives `T::default()`.
 struct Obj<T>(T);
@@ -379,7 +571,7 @@ impl<'de, T: ObjFields<'de>> Deserialize<'de> for Obj<T> {
             fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
                 let mut t = T::default();
                 t.seen_object();
-                while let Some(key) = m.next_key::<Cow<'de, str>>()? {
+                while let Some(Key(key)) = m.next_key::<Key>()? {
                     t.member(&key, &mut m)?;
                 }
                 Ok(Obj(t))
@@ -483,7 +675,7 @@ impl<'de> Deserialize<'de> for Target<'de> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
                 let mut t = TargetObject::default();
-                while let Some(key) = m.next_key::<Cow<'de, str>>()? {
+                while let Some(Key(key)) = m.next_key::<Key>()? {
                     t.member(&key, &mut m)?;
                 }
                 // An object without a string name is the empty target (as before).
@@ -579,7 +771,7 @@ impl<'de> Deserialize<'de> for Deps<'de> {
             fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
                 // A repeated name counts once, the last (as a JSON object reads).
                 let mut out: Vec<(Option<Cow<'de, str>>, EdgeFields<'de>)> = Vec::new();
-                while let Some(key) = m.next_key::<Cow<'de, str>>()? {
+                while let Some(Key(key)) = m.next_key::<Key>()? {
                     let Obj(e) = m.next_value::<Obj<EdgeFields>>()?;
                     match out.iter_mut().find(|(k, _)| k.as_deref() == Some(&key)) {
                         Some(slot) => slot.1 = e,
@@ -600,7 +792,7 @@ impl<'de> ObjFields<'de> for EdgeFields<'de> {
             "hash" => self.hash = map.next_value::<Str>()?.0,
             "build_hash" => self.build_hash = map.next_value::<Str>()?.0,
             "full_hash" => self.full_hash = map.next_value::<Str>()?.0,
-            "type" => self.kind = map.next_value::<Strs>()?.0,
+            "type" => self.kind = map.next_value::<Kinds>()?.0,
             "parameters" => {
                 let p = map.next_value::<Obj<ParamFields>>()?.0;
                 self.param_deptypes = p.deptypes;
@@ -614,14 +806,14 @@ impl<'de> ObjFields<'de> for EdgeFields<'de> {
 
 #[derive(Default)]
 struct ParamFields<'a> {
-    deptypes: Option<Vec<Cow<'a, str>>>,
+    deptypes: Option<DepTypes>,
     virtuals: Vec<Cow<'a, str>>,
 }
 
 impl<'de> ObjFields<'de> for ParamFields<'de> {
     fn member<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
         match key {
-            "deptypes" => self.deptypes = Some(map.next_value::<Strs>()?.0),
+            "deptypes" => self.deptypes = Some(map.next_value::<Kinds>()?.0),
             "virtuals" => self.virtuals = map.next_value::<Strs>()?.0,
             _ => skip(map)?,
         }
@@ -636,10 +828,10 @@ impl<'de> Deserialize<'de> for NodeFields<'de> {
 }
 
 /// The compiler of `node`: the `compiler` object of specfiles ≤ v4, else the dependency
-/// providing `c`, `cxx` or `fortran` (found with `lookup` by hash).
-pub fn compiler_of<'a>(
+/// providing `c`, `cxx` or `fortran` (its name and version found with `lookup` by hash).
+pub fn compiler_of(
     node: &SpecNode,
-    lookup: impl Fn(&str) -> Option<&'a SpecNode>,
+    lookup: impl Fn(&str) -> Option<(String, String)>,
 ) -> Option<(String, String)> {
     if let Some(c) = &node.compiler {
         return Some(c.clone());
@@ -649,7 +841,6 @@ pub fn compiler_of<'a>(
             .iter()
             .filter(|e| e.provides(lang))
             .find_map(|e| lookup(&e.hash))
-            .map(|n| (n.name.clone(), n.version.clone()))
     })
 }
 
@@ -756,7 +947,11 @@ impl SpecDag {
     /// The compiler of a node for `{compiler.*}` projections: the `compiler` object of old
     /// specfiles, else the dependency providing `c`, `cxx` or `fortran`.
     pub fn compiler_of(&self, node: &SpecNode) -> Option<(String, String)> {
-        compiler_of(node, |hash| self.nodes.get(hash))
+        compiler_of(node, |hash| {
+            self.nodes
+                .get(hash)
+                .map(|n| (n.name.clone(), n.version.clone()))
+        })
     }
 
     /// The nodes whose prefixes relocation maps for the root (format doc 7.1 step 4):

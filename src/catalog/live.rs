@@ -5,17 +5,20 @@
 //! `ensure` is a future that the FUSE adapter awaits on the runtime while its threads keep
 //! serving. Package numbers are stable for the life of the mount.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::FutureExt;
+use hashbrown::{DefaultHashBuilder, HashTable};
 use tokio::sync::watch;
 
 use super::materialise::{self, Target, Timings};
 use super::{Catalog, CatalogError};
 use crate::buildcache::spec::SpecNode;
+use crate::buildcache::table::PackageRef;
 use crate::install::InstallError;
 use crate::store::{prefix_key, EntryMeta, ReadyPrefix, Store};
 
@@ -126,9 +129,9 @@ enum Slot {
 /// A package at its place under the mount point.
 #[derive(Debug)]
 pub struct LivePackage {
-    pub node: Arc<SpecNode>,
+    pub node: PackageRef,
     /// Path relative to the mount point (the projection).
-    pub rel_path: String,
+    pub rel_path: Box<str>,
     /// Listed under the mount point now (a package that left every index, unused, is not).
     listed: AtomicBool,
 }
@@ -161,7 +164,39 @@ pub trait Observer: Send + Sync {
 #[derive(Default)]
 struct Packages {
     list: Vec<Arc<LivePackage>>,
-    by_hash: HashMap<String, usize>,
+    /// Package numbers by hash.
+    by_hash: HashTable<u32>,
+    hasher: DefaultHashBuilder,
+}
+
+impl Packages {
+    fn find(&self, hash: &str) -> Option<usize> {
+        let h = self.hasher.hash_one(hash);
+        self.by_hash
+            .find(h, |&i| self.list[i as usize].node.hash() == hash)
+            .map(|&i| i as usize)
+    }
+
+    /// Add a package (its hash not yet known); returns its number.
+    fn push(&mut self, p: LivePackage) -> usize {
+        let h = self.hasher.hash_one(p.node.hash());
+        self.list.push(Arc::new(p));
+        let (list, hasher) = (&self.list, &self.hasher);
+        self.by_hash.insert_unique(h, (list.len() - 1) as u32, |&i| {
+            hasher.hash_one(list[i as usize].node.hash())
+        });
+        self.list.len() - 1
+    }
+
+    /// Package `i` with `node` in place of its node (same hash): the old one's table can go.
+    fn renode(&mut self, i: usize, node: PackageRef) {
+        let old = &self.list[i];
+        self.list[i] = Arc::new(LivePackage {
+            node,
+            rel_path: old.rel_path.clone(),
+            listed: AtomicBool::new(old.is_listed()),
+        });
+    }
 }
 
 /// The mount's places of its packages, for relocation: one computation of where a package
@@ -171,7 +206,7 @@ struct MountPlacements(Arc<RwLock<Packages>>);
 impl materialise::Placements for MountPlacements {
     fn rel_path(&self, hash: &str) -> Option<String> {
         let pk = self.0.read().unwrap();
-        pk.by_hash.get(hash).map(|&i| pk.list[i].rel_path.clone())
+        pk.find(hash).map(|i| pk.list[i].rel_path.to_string())
     }
 }
 
@@ -220,23 +255,34 @@ impl LiveCatalog {
     fn sync_namespace(&self) -> NamespaceChange {
         let ns = self.catalog.namespace();
         let mut change = NamespaceChange::default();
-        let mut available = HashSet::new();
         let mut pk = self.packages.write().unwrap();
+        // Which of the packages known before are still available.
+        let known = pk.list.len();
+        let mut available = vec![false; known];
+        let compilers = self.target.projection.uses_compiler();
         for e in ns.available() {
-            available.insert(e.node.hash.as_str());
-            if let Some(&i) = pk.by_hash.get(&e.node.hash) {
+            if let Some(i) = pk.find(e.node.hash()) {
+                if i < known {
+                    available[i] = true;
+                }
                 if !pk.list[i].listed.swap(true, Ordering::Relaxed) {
                     change.added.push(i);
                 }
+                // Its row in the new index: the old index's table is not kept for it.
+                pk.renode(i, e.node.clone());
                 continue;
             }
             // Its compiler (for `{compiler.*}`) from the index, as an install finds it in
             // the package's DAG.
-            let compiler = ns.compiler_of(&e.node);
+            let compiler = if compilers {
+                ns.compiler_of(&e.node)
+            } else {
+                None
+            };
             let rel = match self
                 .target
                 .projection
-                .format_with(&e.node, compiler.as_ref())
+                .format_with(e.node.ident(), compiler.as_ref())
             {
                 Ok(rel) => rel,
                 Err(err) => {
@@ -244,27 +290,33 @@ impl LiveCatalog {
                     continue;
                 }
             };
-            let i = pk.list.len();
-            pk.by_hash.insert(e.node.hash.clone(), i);
-            pk.list.push(Arc::new(LivePackage {
+            let i = pk.push(LivePackage {
                 node: e.node.clone(),
-                rel_path: rel,
+                rel_path: rel.into_boxed_str(),
                 listed: AtomicBool::new(true),
-            }));
+            });
             change.added.push(i);
         }
         let mut slots = self.slots.lock().unwrap();
-        for (i, p) in pk.list.iter().enumerate() {
-            if !p.is_listed() || available.contains(p.node.hash.as_str()) {
+        for (i, &still) in available.iter().enumerate() {
+            if still {
+                continue;
+            }
+            // Gone from every index: kept with its own copy of its row, whether it stays
+            // listed (in use) or not.
+            let node = pk.list[i].node.detached();
+            pk.renode(i, node);
+            let p = &pk.list[i];
+            if !p.is_listed() {
                 continue;
             }
             let busy = matches!(
-                slots.get(&p.node.hash),
+                slots.get(p.node.hash()),
                 Some(Slot::InFlight(_)) | Some(Slot::Idle(State::Ready { .. }))
             );
             if !busy {
                 p.listed.store(false, Ordering::Relaxed);
-                slots.remove(&p.node.hash);
+                slots.remove(p.node.hash());
                 change.removed.push(i);
             }
         }
@@ -398,7 +450,7 @@ impl LiveCatalog {
     }
 
     fn index_of(&self, hash: &str) -> Option<usize> {
-        self.packages.read().unwrap().by_hash.get(hash).copied()
+        self.packages.read().unwrap().find(hash)
     }
 
     /// Package number `pkg`.
@@ -414,7 +466,7 @@ impl LiveCatalog {
     /// Pin the ready prefix of package `pkg` against eviction, while the guard lives.
     pub fn pin(&self, pkg: usize) -> Option<crate::store::Pin> {
         let p = self.package(pkg)?;
-        let hash = &p.node.hash;
+        let hash = p.node.hash();
         let key = match self.slots.lock().unwrap().get(hash) {
             Some(Slot::Idle(State::Ready { key, .. })) => key.clone(),
             _ => return None,
@@ -465,7 +517,7 @@ impl LiveCatalog {
         let mut c = Census::default();
         for p in pk.list.iter().filter(|p| p.is_listed()) {
             c.listed += 1;
-            match slots.get(&p.node.hash) {
+            match slots.get(p.node.hash()) {
                 None => c.remote += 1,
                 Some(Slot::InFlight(_)) => c.fetching += 1,
                 Some(Slot::Idle(State::Ready { .. })) => c.ready += 1,
@@ -511,11 +563,11 @@ impl LiveCatalog {
         };
         let mut slots = self.slots.lock().unwrap();
         let gone = matches!(
-            slots.get(&p.node.hash),
+            slots.get(p.node.hash()),
             Some(Slot::Idle(State::Ready { prefix, .. })) if !prefix.path().is_dir()
         );
         if gone {
-            slots.remove(&p.node.hash);
+            slots.remove(p.node.hash());
             drop(slots);
             tracing::info!(
                 "{}: its cached prefix was removed; it will be fetched again",
@@ -534,7 +586,7 @@ impl LiveCatalog {
     /// Is package `pkg` ready (as far as this mount knows)?
     pub fn is_ready(&self, pkg: usize) -> bool {
         self.package(pkg)
-            .is_some_and(|p| self.ready_path(&p.node.hash).is_some())
+            .is_some_and(|p| self.ready_path(p.node.hash()).is_some())
     }
 
     /// Record a use of package `pkg` for the cache's LRU order (and its grace from
@@ -544,7 +596,7 @@ impl LiveCatalog {
         let Some(p) = self.package(pkg) else {
             return;
         };
-        let key = match self.slots.lock().unwrap().get(&p.node.hash) {
+        let key = match self.slots.lock().unwrap().get(p.node.hash()) {
             Some(Slot::Idle(State::Ready { key, .. })) => key.clone(),
             _ => return,
         };
@@ -613,7 +665,7 @@ impl LiveCatalog {
         tx: watch::Sender<Option<Result<ReadyPrefix, Failure>>>,
     ) {
         let package = self.index_of(&hash).and_then(|i| self.package(i));
-        let Some(node) = package.filter(|p| p.is_listed()).map(|p| p.node.clone()) else {
+        let Some(node) = package.filter(|p| p.is_listed()).map(|p| p.node.spec()) else {
             let f = Failure {
                 kind: FailureKind::NotFound,
                 message: Arc::new(format!("{hash} is not in {}", self.catalog.describe())),
@@ -818,9 +870,9 @@ impl LiveCatalog {
         {
             let pk = self.packages.read().unwrap();
             for p in &listed {
-                for d in &p.node.deps {
-                    if pk.by_hash.contains_key(&*d.hash) {
-                        *refs.entry(&*d.hash).or_default() += 1;
+                for d in p.node.deps() {
+                    if pk.find(d.hash).is_some() {
+                        *refs.entry(d.hash).or_default() += 1;
                     }
                 }
             }
@@ -834,11 +886,11 @@ impl LiveCatalog {
         let records = listed.iter().map(|p| {
             let n = &p.node;
             let path = serde_json::Value::from(format!("{}/{}", self.target.root, p.rel_path));
-            let refs = refs.get(n.hash.as_str()).copied().unwrap_or(0);
+            let refs = refs.get(n.hash()).copied().unwrap_or(0);
             let tail = format!(
                 r#""ref_count":{refs},"path":{path},"installed":true,"explicit":false,"installation_time":{time}"#
             );
-            (n.as_ref(), tail)
+            (n, tail)
         });
         crate::buildcache::index::write_database(records, out)
     }

@@ -8,14 +8,15 @@ pub mod live;
 pub mod materialise;
 
 use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
-use indexmap::IndexMap;
+use hashbrown::{DefaultHashBuilder, HashTable};
 
-use crate::buildcache::index::IndexRecord;
 use crate::buildcache::projection::Projection;
 use crate::buildcache::spec::{SpecDag, SpecNode};
+use crate::buildcache::table::{IndexTable, PackageRef};
 use crate::buildcache::FormatError;
 use crate::install::InstallError;
 use crate::mirror::index::{IndexRead, IndexSource};
@@ -110,7 +111,8 @@ impl CatalogError {
 /// A package the mirrors offer.
 #[derive(Debug, Clone)]
 pub struct Entry {
-    pub node: Arc<SpecNode>,
+    /// The package, as the first index that lists it gives it.
+    pub node: PackageRef,
     /// Some mirror has its tarball (the index says `in_buildcache`).
     pub in_buildcache: bool,
     /// The mirrors whose index lists it as in the build cache.
@@ -120,10 +122,15 @@ pub struct Entry {
     pub lacking: MirrorMask,
 }
 
-/// The merged package list of all mirrors, as of one reading of their indexes.
+/// The merged package list of all mirrors, as of one reading of their indexes: an entry
+/// per package (forty bytes: its row in an index table and what the mirrors say of it) and
+/// a lookup by hash.
 #[derive(Debug, Default)]
 pub struct Namespace {
-    entries: IndexMap<String, Entry>,
+    entries: Vec<Entry>,
+    /// Entry numbers by hash.
+    by_hash: HashTable<u32>,
+    hasher: DefaultHashBuilder,
     /// Mirrors without an index (asked directly for any package).
     unindexed: MirrorMask,
 }
@@ -132,20 +139,23 @@ impl Namespace {
     /// Packages available for install (in a build cache, not external), index order.
     pub fn available(&self) -> impl Iterator<Item = &Entry> {
         self.entries
-            .values()
-            .filter(|e| e.in_buildcache && !e.node.external)
+            .iter()
+            .filter(|e| e.in_buildcache && !e.node.is_external())
     }
 
     /// Packages some index lists as in the build cache, available or lacking (see
     /// [`Entry::lacking`]), index order: what `spackfs ls` shows.
     pub fn indexed(&self) -> impl Iterator<Item = &Entry> {
         self.entries
-            .values()
-            .filter(|e| (e.in_buildcache || e.lacking != 0) && !e.node.external)
+            .iter()
+            .filter(|e| (e.in_buildcache || e.lacking != 0) && !e.node.is_external())
     }
 
     pub fn entry(&self, hash: &str) -> Option<&Entry> {
-        self.entries.get(hash)
+        let h = self.hasher.hash_one(hash);
+        self.by_hash
+            .find(h, |&e| self.entries[e as usize].node.hash() == hash)
+            .map(|&e| &self.entries[e as usize])
     }
 
     pub fn len(&self) -> usize {
@@ -158,35 +168,91 @@ impl Namespace {
 
     /// Mirrors whose index lists `hash`.
     pub fn listed(&self, hash: &str) -> MirrorMask {
-        self.entries.get(hash).map_or(0, |e| e.mirrors)
+        self.entry(hash).map_or(0, |e| e.mirrors)
     }
 
     pub fn unindexed(&self) -> MirrorMask {
         self.unindexed
     }
 
-    /// The compiler of a node (for v2 file names), looked up among the listed nodes.
-    pub fn compiler_of(&self, node: &SpecNode) -> Option<(String, String)> {
-        crate::buildcache::spec::compiler_of(node, |hash| {
-            self.entries.get(hash).map(|e| e.node.as_ref())
+    /// The compiler of a package (for `{compiler.*}` projections and v2 file names): its
+    /// own `compiler` object, else the listed package its `c`, `cxx` or `fortran` edge
+    /// names.
+    pub fn compiler_of(&self, node: &PackageRef) -> Option<(String, String)> {
+        if let Some((n, v)) = node.own_compiler() {
+            return Some((n.to_string(), v.to_string()));
+        }
+        ["c", "cxx", "fortran"].iter().find_map(|lang| {
+            node.deps()
+                .filter(|e| e.provides(lang))
+                .find_map(|e| self.entry(e.hash))
+                .map(|d| (d.node.name().to_string(), d.node.version().to_string()))
         })
     }
-}
 
-/// A mirror's index records, shared by the namespaces made from them.
-type Records = Arc<Vec<(Arc<SpecNode>, bool)>>;
+    /// [`Namespace::compiler_of`] for a node made in full.
+    pub fn compiler_of_node(&self, node: &SpecNode) -> Option<(String, String)> {
+        crate::buildcache::spec::compiler_of(node, |hash| {
+            self.entry(hash)
+                .map(|e| (e.node.name().to_string(), e.node.version().to_string()))
+        })
+    }
+
+    /// Add mirror `mirror`'s `row` of `table`: a new entry, or what it says merged into the
+    /// entry of the same hash (the same package).
+    fn add(&mut self, table: &Arc<IndexTable>, row: u32, in_cache: bool, lacks: bool, mirror: usize) {
+        let hash = table.hash(row);
+        let bit = if in_cache { 1u64 << mirror } else { 0 };
+        let lacks = if lacks { 1u64 << mirror } else { 0 };
+        let h = self.hasher.hash_one(hash);
+        let entries = &mut self.entries;
+        match self
+            .by_hash
+            .find(h, |&e| entries[e as usize].node.hash() == hash)
+        {
+            Some(&e) => {
+                let e = &mut entries[e as usize];
+                e.in_buildcache |= in_cache;
+                e.mirrors |= bit;
+                e.lacking |= lacks;
+            }
+            None => {
+                entries.push(Entry {
+                    node: IndexTable::package(table, row),
+                    in_buildcache: in_cache,
+                    mirrors: bit,
+                    lacking: lacks,
+                });
+                let hasher = &self.hasher;
+                self.by_hash
+                    .insert_unique(h, (entries.len() - 1) as u32, |&e| {
+                        hasher.hash_one(entries[e as usize].node.hash())
+                    });
+            }
+        }
+    }
+}
 
 /// What is known of one mirror's package list.
 #[derive(Debug, Default, Clone)]
 struct Source {
-    /// The records of its index (or listing, or kept index); `None` when none was read.
-    records: Option<Records>,
+    /// The packages of its index (or listing, or kept index); `None` when none was read.
+    records: Option<Arc<IndexTable>>,
     /// It has no index and cannot be listed: asked directly.
     unindexed: bool,
     /// The records came from the index kept on disk (the mirror was unreachable).
     kept: bool,
     /// Records listed as in the build cache whose metadata file the mirror lacks.
     lacking: Arc<HashSet<String>>,
+}
+
+impl Source {
+    /// Is `row` of its table in the build cache (as its index says, and the mirror holds
+    /// its metadata)? And does the mirror lack it?
+    fn says(&self, table: &IndexTable, row: u32) -> (bool, bool) {
+        let lacks = !self.lacking.is_empty() && self.lacking.contains(table.hash(row));
+        (table.in_buildcache(row) && !lacks, lacks)
+    }
 }
 
 /// What the last reads of one mirror's index found, for `spackfs status` and metrics.
@@ -256,7 +322,9 @@ impl Catalog {
                             records, source, ..
                         } => {
                             c.source = Some(*source);
-                            c.packages = records.iter().filter(|r| r.in_buildcache).count();
+                            c.packages = (0..records.len() as u32)
+                                .filter(|&r| records.in_buildcache(r))
+                                .count();
                         }
                         IndexRead::Unlisted => {
                             c.source = None;
@@ -294,7 +362,9 @@ impl Catalog {
                 source,
                 lacking,
             }) => {
-                let available = (records.iter().filter(|r| r.in_buildcache).count())
+                let available = (0..records.len() as u32)
+                    .filter(|&r| records.in_buildcache(r))
+                    .count()
                     .saturating_sub(lacking.len());
                 tracing::info!(
                     "mirror {}: {available} packages ({source}{})",
@@ -320,20 +390,12 @@ impl Catalog {
     fn set_records(
         &self,
         i: usize,
-        records: Verified<Vec<IndexRecord>>,
+        records: Verified<IndexTable>,
         kept: bool,
         lacking: HashSet<String>,
     ) {
-        let recs: Vec<(Arc<SpecNode>, bool)> = records
-            .into_inner()
-            .into_iter()
-            .map(|r| {
-                let in_cache = r.in_buildcache && !lacking.contains(&r.node.hash);
-                (Arc::new(r.node), in_cache)
-            })
-            .collect();
         self.sources.lock().unwrap()[i] = Source {
-            records: Some(Arc::new(recs)),
+            records: Some(Arc::new(records.into_inner())),
             unindexed: false,
             kept,
             lacking: Arc::new(lacking),
@@ -343,49 +405,31 @@ impl Catalog {
     /// Make the merged namespace from every mirror's records.
     fn rebuild(&self) {
         let sources = self.sources.lock().unwrap().clone();
-        let mut entries: IndexMap<String, Entry> = IndexMap::new();
-        let mut unindexed = 0;
+        let mut ns = Namespace::default();
+        if let Some(t) = sources.iter().find_map(|s| s.records.as_ref()) {
+            ns.entries.reserve_exact(t.len());
+            ns.by_hash.reserve(t.len(), |_| 0);
+        }
         for (i, s) in sources.iter().enumerate() {
             if s.unindexed {
-                unindexed |= 1u64 << i;
+                ns.unindexed |= 1u64 << i;
             }
-            let Some(recs) = &s.records else { continue };
-            for (node, in_cache) in recs.iter() {
-                let bit = if *in_cache { 1u64 << i } else { 0 };
-                let lacks = if !s.lacking.is_empty() && s.lacking.contains(&node.hash) {
-                    1u64 << i
-                } else {
-                    0
-                };
-                match entries.get_mut(&node.hash) {
-                    // The same hash from two indexes is the same package.
-                    Some(e) => {
-                        e.in_buildcache |= *in_cache;
-                        e.mirrors |= bit;
-                        e.lacking |= lacks;
-                    }
-                    None => {
-                        entries.insert(
-                            node.hash.clone(),
-                            Entry {
-                                node: node.clone(),
-                                in_buildcache: *in_cache,
-                                mirrors: bit,
-                                lacking: lacks,
-                            },
-                        );
-                    }
-                }
+            let Some(table) = &s.records else { continue };
+            for row in 0..table.len() as u32 {
+                let (in_cache, lacks) = s.says(table, row);
+                ns.add(table, row, in_cache, lacks, i);
             }
         }
-        *self.namespace.write().unwrap() = Arc::new(Namespace { entries, unindexed });
+        *self.namespace.write().unwrap() = Arc::new(ns);
     }
 
     /// List mirror `i` from an index kept on disk (a Spack database), because the mirror
     /// cannot be read now. Its packages are still fetched from it (and verified) on use.
     pub fn adopt_kept(&self, i: usize, json: impl std::io::Read) -> Result<usize, FormatError> {
         let records = self.set.mirrors()[i].kept_index(json)?;
-        let n = records.iter().filter(|r| r.in_buildcache).count();
+        let n = (0..records.len() as u32)
+            .filter(|&r| records.in_buildcache(r))
+            .count();
         {
             let mut checks = self.checks.lock().unwrap();
             checks[i].kept = true;
@@ -404,16 +448,21 @@ impl Catalog {
         i: usize,
         out: &mut dyn std::io::Write,
     ) -> Option<std::io::Result<()>> {
-        let recs = {
+        let source = {
             let sources = self.sources.lock().unwrap();
             let s = sources.get(i)?;
             if s.kept {
                 return None;
             }
-            s.records.clone()?
+            s.clone()
         };
+        let table = source.records.as_ref()?;
+        let packages: Vec<(PackageRef, bool)> = IndexTable::packages(table)
+            .enumerate()
+            .map(|(row, p)| (p, source.says(table, row as u32).0))
+            .collect();
         Some(write_database(
-            recs.iter().map(|(n, c)| (n.as_ref(), *c)),
+            packages.iter().map(|(p, c)| (p, *c)),
             out,
         ))
     }
@@ -511,7 +560,7 @@ impl Catalog {
         Fut: std::future::Future<Output = Result<T, CatalogError>>,
     {
         let ns = self.namespace();
-        let compiler = ns.compiler_of(node);
+        let compiler = ns.compiler_of_node(node);
         self.set
             .fetch(
                 node,
@@ -615,13 +664,13 @@ impl Catalog {
 /// Write a Spack database (`{"database":{"version":"8","installs":{…}}}`) of index
 /// records, record by record (each spec read back from where it is kept).
 pub fn write_database<'a>(
-    records: impl Iterator<Item = (&'a SpecNode, bool)>,
+    records: impl Iterator<Item = (&'a PackageRef, bool)>,
     out: &mut dyn std::io::Write,
 ) -> std::io::Result<()> {
     let mut seen = HashSet::new();
     crate::buildcache::index::write_database(
         records
-            .filter(|(node, _)| seen.insert(node.hash.as_str()))
+            .filter(|(node, _)| seen.insert(node.hash()))
             .map(|(node, in_cache)| (node, format!(r#""ref_count":0,"in_buildcache":{in_cache}"#))),
         out,
     )
@@ -675,8 +724,8 @@ mod tests {
         assert!(failed.is_empty());
         let check = |cat: &Catalog, lacking: bool| {
             let ns = cat.namespace();
-            let available: Vec<&str> = ns.available().map(|e| e.node.hash.as_str()).collect();
-            let indexed: Vec<&str> = ns.indexed().map(|e| e.node.hash.as_str()).collect();
+            let available: Vec<&str> = ns.available().map(|e| e.node.hash()).collect();
+            let indexed: Vec<&str> = ns.indexed().map(|e| e.node.hash()).collect();
             assert_eq!(indexed, vec![ha, hb]);
             let e = ns.entry(hb).unwrap();
             if lacking {
@@ -719,12 +768,14 @@ mod tests {
         let spool = std::sync::Arc::new(
             crate::buildcache::rawspec::Spool::copy_from(dir.path(), &mut &db[..]).unwrap(),
         );
-        let recs = crate::buildcache::index::parse_spool(&spool, "t").unwrap();
+        let recs = Arc::new(crate::buildcache::index::parse_spool(&spool, "t").unwrap());
+        let packages: Vec<PackageRef> = IndexTable::packages(&recs).collect();
         let mut json = Vec::new();
         write_database(
-            recs.iter()
-                .chain(recs.iter())
-                .map(|r| (&r.node, r.in_buildcache)),
+            packages
+                .iter()
+                .chain(packages.iter())
+                .map(|p| (p, p.in_buildcache())),
             &mut json,
         )
         .unwrap();
@@ -735,10 +786,7 @@ mod tests {
         assert_eq!(installs["bbb"]["spec"]["hash"], "bbb");
         let again = crate::buildcache::index::parse(&json, "t").unwrap();
         assert_eq!(again.len(), 2);
-        assert!(again[0].in_buildcache && !again[1].in_buildcache);
-        assert_eq!(
-            (again[1].node.name.as_str(), again[1].node.hash.as_str()),
-            ("b", "bbb")
-        );
+        assert!(again.in_buildcache(0) && !again.in_buildcache(1));
+        assert_eq!((again.ident(1).name, again.hash(1)), ("b", "bbb"));
     }
 }

@@ -87,11 +87,13 @@ fn lock_nodes(
     let mut out = Vec::new();
     for hash in &lock.all {
         match ns.entry(hash) {
-            Some(e) if e.in_buildcache && !e.node.external => out.push(e.node.clone()),
+            Some(e) if e.in_buildcache && !e.node.is_external() => {
+                out.push(Arc::new(e.node.spec()))
+            }
             found => {
                 let what = found.map_or_else(|| format!("/{hash}"), |e| e.node.display());
                 let why = match found {
-                    Some(e) if e.node.external => "external",
+                    Some(e) if e.node.is_external() => "external",
                     Some(e) if e.lacking != 0 => "its metadata is not in the mirror",
                     Some(_) => "the index lists it as not in the build cache",
                     None => "not in the mirror's index",
@@ -144,7 +146,7 @@ pub(crate) async fn copy(
     }
     for s in specs {
         match catalog.resolve(s) {
-            Ok(found) => requested.extend(found.into_iter().map(|e| e.node)),
+            Ok(found) => requested.extend(found.into_iter().map(|e| Arc::new(e.node.spec()))),
             Err(e) => {
                 tracing::error!("{e}");
                 failed.push(s.clone());
@@ -178,7 +180,7 @@ pub(crate) async fn copy(
     let display = Display::new(total, nodes.len());
     let ns = catalog.namespace();
     let mut results = futures::stream::iter(nodes.iter().map(|node| {
-        let (mirror, dest, display, compiler) = (&mirror, &dest, &display, ns.compiler_of(node));
+        let (mirror, dest, display, compiler) = (&mirror, &dest, &display, ns.compiler_of_node(node));
         async move {
             let r = copy::copy_package(
                 mirror,

@@ -262,7 +262,7 @@ pub async fn run(workdir: Option<PathBuf>) -> Result<ExitCode> {
     for p in mounted.live.packages() {
         if let spackfs::catalog::live::State::Ready {
             timings: Some(t), ..
-        } = mounted.live.state(&p.node.hash)
+        } = mounted.live.state(p.node.hash())
         {
             println!("  {}\n    {t}", p.node.display());
         }

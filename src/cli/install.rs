@@ -32,44 +32,26 @@ pub(crate) async fn ls(
     let mut rows = Vec::new();
     let mut missing = 0;
     if !long {
-        // From the verified index alone: name, version, hash and prefix, the prefix placed
-        // as a mount places it (the compiler, for `{compiler.*}`, looked up in the index).
-        for e in ns.indexed() {
-            let node = &e.node;
-            let rel = projection.format_with(node, ns.compiler_of(node).as_ref())?;
-            let mut row = vec![
-                node.name.clone(),
-                node.version.clone(),
-                short_hash(&node.hash).to_string(),
-                format!("{root}/{rel}"),
-            ];
-            if !e.in_buildcache {
-                missing += 1;
-                row.push(MISSING.into());
-            }
-            rows.push(row);
-        }
-        print_table(&rows)?;
-        note_missing(missing, rows.len());
-        return Ok(ExitCode::SUCCESS);
+        return ls_index(&ns, &projection, root);
     }
     // Every package's verified metadata (size, signer), 16 requests at a time. Packages
     // the index lists but the mirror lacks (a partial copy) are shown as missing.
     let metas: Vec<_> = futures::stream::iter(ns.indexed().map(|e| {
         let catalog = &catalog;
         async move {
+            let node = e.node.spec();
             let meta = match e.in_buildcache {
-                true => Some(catalog.meta(&e.node).await),
+                true => Some(catalog.meta(&node).await),
                 false => None,
             };
-            (e, meta)
+            (node, meta)
         }
     }))
     .buffered(16)
     .collect()
     .await;
-    for (e, meta) in metas {
-        let node = &e.node;
+    for (node, meta) in metas {
+        let node = &node;
         let Some(meta) = meta else {
             missing += 1;
             let mut row = vec![
@@ -119,6 +101,72 @@ pub(crate) async fn ls(
     }
     print_table(&rows)?;
     note_missing(missing, rows.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `spackfs ls` from the verified index alone: name, version, hash and prefix of every
+/// indexed package, the prefix placed as a mount places it (the compiler, for
+/// `{compiler.*}`, looked up in the index). Two passes over the namespace (the column
+/// widths, then the lines): no table of the whole listing is held.
+fn ls_index(
+    ns: &spackfs::catalog::Namespace,
+    projection: &Projection,
+    root: &str,
+) -> Result<ExitCode> {
+    use std::io::Write;
+    let compilers = projection.uses_compiler();
+    let place = |node: &spackfs::buildcache::table::PackageRef| {
+        let compiler = if compilers { ns.compiler_of(node) } else { None };
+        projection.format_with(node.ident(), compiler.as_ref())
+    };
+    let (mut name_w, mut version_w, mut prefix_w) = (0, 0, 0);
+    let (mut listed, mut missing) = (0, 0);
+    for e in ns.indexed() {
+        let n = &e.node;
+        name_w = name_w.max(n.name().len());
+        version_w = version_w.max(n.version().len());
+        prefix_w = prefix_w.max(root.len() + 1 + place(n)?.len());
+    }
+    let hash_w = ns
+        .indexed()
+        .map(|e| short_hash(e.node.hash()).len())
+        .max()
+        .unwrap_or(0);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut line = String::new();
+    for e in ns.indexed() {
+        let n = &e.node;
+        listed += 1;
+        line.clear();
+        let prefix = format!("{root}/{}", place(n)?);
+        use std::fmt::Write as _;
+        let _ = write!(
+            line,
+            "{:name_w$}  {:version_w$}  {:hash_w$}  ",
+            n.name(),
+            n.version(),
+            short_hash(n.hash())
+        );
+        if e.in_buildcache {
+            line.push_str(&prefix);
+        } else {
+            missing += 1;
+            let _ = write!(line, "{prefix:prefix_w$}  {MISSING}");
+        }
+        match writeln!(out, "{}", line.trim_end()) {
+            // The reader went away (`spackfs ls | head`): nothing more to print.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                return Ok(ExitCode::SUCCESS)
+            }
+            r => r?,
+        }
+    }
+    match out.flush() {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
+        r => r?,
+    }
+    drop(out);
+    note_missing(missing, listed);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -216,7 +264,12 @@ pub(crate) async fn install(
     }
     let mut requested = Vec::new();
     for s in specs {
-        requested.extend(catalog.resolve(s)?.into_iter().map(|e| e.node.clone()));
+        requested.extend(
+            catalog
+                .resolve(s)?
+                .into_iter()
+                .map(|e| Arc::new(e.node.spec())),
+        );
     }
     let closure = catalog.closure(&requested).await;
     for (pkg, parent, why) in &closure.skipped {

@@ -156,7 +156,7 @@ impl Status {
             .iter()
             .map(|f| FailedStatus {
                 package: f.package.node.display(),
-                hash: f.package.node.hash.clone(),
+                hash: f.package.node.hash().to_string(),
                 kind: f.failure.kind.label().to_string(),
                 error: f.failure.message.to_string(),
                 attempts: f.attempts,

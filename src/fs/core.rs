@@ -220,7 +220,7 @@ impl FsCore {
         let hash = self
             .live
             .package(pkg)
-            .map(|p| p.node.hash.clone())
+            .map(|p| p.node.hash().to_string())
             .ok_or(Errno::ENOENT)?;
         if let Some(path) = self.live.ready_path(&hash) {
             if !self.live.lost(pkg) {
@@ -530,9 +530,9 @@ impl FsCore {
         let Some(p) = self.live.package(pkg) else {
             return Vec::new();
         };
-        let state = self.live.state(&p.node.hash);
+        let state = self.live.state(p.node.hash());
         let mut out = vec![
-            ("user.spackfs.hash".into(), p.node.hash.clone().into_bytes()),
+            ("user.spackfs.hash".into(), p.node.hash().to_string().into_bytes()),
             (
                 "user.spackfs.state".into(),
                 state.name().as_bytes().to_vec(),
@@ -540,7 +540,7 @@ impl FsCore {
         ];
         if !matches!(state, State::Ready { .. }) {
             // Not fetched yet: the mirrors that list it, in the order they are asked.
-            let listing = self.live.listing_mirrors(&p.node.hash);
+            let listing = self.live.listing_mirrors(p.node.hash());
             if !listing.is_empty() {
                 out.push(("user.spackfs.mirror".into(), listing.into_bytes()));
             }

@@ -12,7 +12,9 @@ use futures::StreamExt;
 
 use super::{Mirror, MirrorError, TrustPolicy, Verified, SMALL_LIMIT};
 use crate::buildcache::checksum::Sha256;
-use crate::buildcache::index::{self, IndexRecord};
+use crate::buildcache::index;
+use crate::buildcache::spec::SpecNode;
+use crate::buildcache::table::IndexTable;
 use crate::buildcache::layout::{self, Layout};
 use crate::buildcache::manifest::{self, Manifest};
 use crate::install::hashing::HashingReader;
@@ -32,8 +34,9 @@ pub struct IndexState {
     v2_absent: bool,
     /// Packages the v2 index lists (looked up in the v2 layout only).
     v2_listed: std::collections::HashSet<String>,
-    /// Manifest paths of the last listing, with the records each one gave.
-    listed: Option<HashMap<String, Vec<IndexRecord>>>,
+    /// Manifest paths of the last listing, with the nodes each one gave (the package, in
+    /// the build cache, then the other nodes of its DAG).
+    listed: Option<HashMap<String, Vec<SpecNode>>>,
 }
 
 /// Where a mirror's package list came from.
@@ -67,7 +70,7 @@ pub enum IndexRead {
     Unchanged,
     /// The (new) package list.
     Fresh {
-        records: Verified<Vec<IndexRecord>>,
+        records: Verified<IndexTable>,
         source: IndexSource,
         /// Hashes the index lists as in the build cache whose metadata file the mirror
         /// does not hold (a partial copy); see [`Mirror::lacking`].
@@ -174,7 +177,7 @@ impl Mirror {
         }
         // Something changed: read every part anew (a part that did not change is read again
         // only in the rare mirror that holds both layouts).
-        let mut records = Vec::new();
+        let mut tables = Vec::new();
         let mut state = IndexState {
             v2_absent: matches!(v2, Part::Absent),
             ..IndexState::default()
@@ -218,13 +221,12 @@ impl Mirror {
                     .parse_index_stream(body, &blob_path, checksum, size)
                     .await?;
                 if layout == Layout::V2 {
-                    state.v2_listed = recs
-                        .iter()
-                        .filter(|r| r.in_buildcache)
-                        .map(|r| r.node.hash.clone())
+                    state.v2_listed = (0..recs.len() as u32)
+                        .filter(|&r| recs.in_buildcache(r))
+                        .map(|r| recs.hash(r).to_string())
                         .collect();
                 }
-                records.extend(recs);
+                tables.push(std::sync::Arc::new(recs));
                 match layout {
                     Layout::V3 => {
                         state.v3_validator = validator;
@@ -240,6 +242,15 @@ impl Mirror {
         };
         let (parsed, listing) = futures::join!(parts, listing);
         parsed?;
+        // One table (a mirror with both layouts and indexes: both, v3's first).
+        let records = match tables.len() {
+            1 => std::sync::Arc::try_unwrap(tables.pop().expect("one table"))
+                .unwrap_or_else(|t| IndexTable::concat(&[t]).unwrap_or_default()),
+            _ => IndexTable::concat(&tables).map_err(|source| MirrorError::Format {
+                mirror: self.url().to_string(),
+                source,
+            })?,
+        };
         let lacking = self.lacking(&records, listing);
         *self.index_state.lock().unwrap() = state;
         self.clear_absent();
@@ -294,11 +305,7 @@ impl Mirror {
     /// The packages `records` list as in the build cache whose metadata file this mirror
     /// does not hold (a partial copy: they would fail at first touch), as `listing` found
     /// them; nothing when there is no listing.
-    fn lacking(
-        &self,
-        records: &[IndexRecord],
-        listing: Option<MetadataListing>,
-    ) -> HashSet<String> {
+    fn lacking(&self, table: &IndexTable, listing: Option<MetadataListing>) -> HashSet<String> {
         let Some(MetadataListing {
             v3,
             v2,
@@ -308,22 +315,21 @@ impl Mirror {
         else {
             return HashSet::new();
         };
-        let lacking: HashSet<String> = records
-            .iter()
-            .filter(|r| r.in_buildcache)
-            .filter(|r| {
-                let n = &r.node;
+        let lacking: HashSet<String> = (0..table.len() as u32)
+            .filter(|&r| table.in_buildcache(r))
+            .map(|r| table.ident(r))
+            .filter(|n| {
                 // A record whose manifest path cannot even be made (a name that would
                 // leave the mirror) is not "lacking": it stays offered, so that its first
                 // touch is refused naming why.
                 let in_v3 = v3
-                    && layout::v3_spec_manifest(&n.name, &n.version, &n.hash)
+                    && layout::v3_spec_manifest(n.name, n.version, n.hash)
                         .ok()
                         .is_none_or(|p| v3_paths.contains(&p));
-                let in_v2 = v2 && v2_hashes.contains(&n.hash);
+                let in_v2 = v2 && v2_hashes.contains(n.hash);
                 !(in_v3 || in_v2)
             })
-            .map(|r| r.node.hash.clone())
+            .map(|n| n.hash.to_string())
             .collect();
         if !lacking.is_empty() {
             tracing::warn!(
@@ -471,7 +477,7 @@ impl Mirror {
         path: &str,
         expected: Option<Sha256>,
         size: Option<u64>,
-    ) -> Result<(Vec<IndexRecord>, Sha256), MirrorError> {
+    ) -> Result<(IndexTable, Sha256), MirrorError> {
         let (reader, failure) = pump::pump(body, self.url(), path);
         let dir = self.spool_dir();
         let started = std::time::Instant::now();
@@ -576,7 +582,7 @@ impl Mirror {
             self.index_state.lock().unwrap().listed = Some(previous);
             return Ok(IndexRead::Unchanged);
         }
-        let mut listed: HashMap<String, Vec<IndexRecord>> = HashMap::new();
+        let mut listed: HashMap<String, Vec<SpecNode>> = HashMap::new();
         let mut todo = Vec::new();
         for (hash, lay, path) in found {
             match previous.remove(&path) {
@@ -605,21 +611,9 @@ impl Mirror {
             };
             // The package, and the other nodes of its DAG (in the cache or not: their own
             // manifests, if any, say so).
-            let mut recs = vec![IndexRecord {
-                node: meta.node().clone(),
-                in_buildcache: true,
-            }];
-            recs.extend(
-                meta.dag
-                    .nodes
-                    .values()
-                    .filter(|n| n.hash != hash)
-                    .map(|n| IndexRecord {
-                        node: n.clone(),
-                        in_buildcache: false,
-                    }),
-            );
-            listed.insert(path, recs);
+            let mut nodes = vec![meta.node().clone()];
+            nodes.extend(meta.dag.nodes.values().filter(|n| n.hash != hash).cloned());
+            listed.insert(path, nodes);
         }
         if listed.is_empty() {
             return Err(MirrorError::Empty {
@@ -629,13 +623,16 @@ impl Mirror {
         // Packages first (in listing order), then the DAG nodes they name.
         let mut paths: Vec<&String> = listed.keys().collect();
         paths.sort();
-        let mut records: Vec<IndexRecord> = Vec::new();
-        for p in &paths {
-            records.push(listed[*p][0].clone());
-        }
-        for p in &paths {
-            records.extend(listed[*p][1..].iter().cloned());
-        }
+        let packages = paths.iter().map(|p| (&listed[*p][0], true));
+        let others = paths
+            .iter()
+            .flat_map(|p| listed[*p][1..].iter().map(|n| (n, false)));
+        let records = IndexTable::from_nodes(packages.chain(others)).map_err(|source| {
+            MirrorError::Format {
+                mirror: self.url().to_string(),
+                source,
+            }
+        })?;
         self.index_state.lock().unwrap().listed = Some(listed);
         // Each package's metadata was verified as a fetch verifies it.
         Ok(IndexRead::Fresh {

@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::buildcache::checksum::Sha256;
-use crate::buildcache::index::IndexRecord;
+use crate::buildcache::table::IndexTable;
 use crate::buildcache::layout::{self, Layout};
 use crate::buildcache::manifest::{self, Manifest};
 use crate::buildcache::spec::{SpecDag, SpecNode};
@@ -597,7 +597,7 @@ impl Mirror {
     pub fn kept_index(
         &self,
         mut reader: impl std::io::Read,
-    ) -> Result<Verified<Vec<IndexRecord>>, FormatError> {
+    ) -> Result<Verified<IndexTable>, FormatError> {
         let what = format!("kept index of {}", self.url());
         let spool = spool_in(&self.spool_dir(), &mut reader)
             .map_err(|e| FormatError::invalid(&what, e.to_string()))?;

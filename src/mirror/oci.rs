@@ -342,9 +342,8 @@ mod tests {
                     records, source, ..
                 } => {
                     assert_eq!(source, IndexSource::Listing);
-                    assert!(records
-                        .iter()
-                        .any(|r| r.node.hash == node.hash && r.in_buildcache));
+                    let row = records.find(&node.hash).expect("listed");
+                    assert!(records.in_buildcache(row));
                 }
                 _ => panic!("no listing"),
             }
