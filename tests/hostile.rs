@@ -546,3 +546,58 @@ fn spec_fields_that_would_leave_the_root_are_refused_in_install_and_mount() {
         );
     }
 }
+
+// ---------------------------------------------------------------- index records
+
+/// A record whose dependency edge has no hash (an index a mirror got wrong, or a hostile
+/// one). The mount reads the edges of a package only when it is used: the index is listed,
+/// the other packages work, and a touch of this one fails with EIO naming the index
+/// record and the edge, in the log and in `user.spackfs.error`; an install of it fails
+/// with the same reason.
+#[test]
+fn a_record_with_a_bad_dependency_edge_fails_when_used() {
+    use common::mount::{errno_of, xattr_str, Daemon, MountDirs};
+    let mut tm = TestMirror::unsigned();
+    let (good, good_tgz) = common::mirror::good_pkg();
+    tm.add(&good, &good_tgz);
+    let bad = GenPkg::new("bad");
+    let bad_tgz = bad.tgz(
+        |t| {
+            t.file(&bad.member("share/x"), 0o644, b"x");
+        },
+        &Lists::default(),
+    );
+    tm.add(&bad, &bad_tgz);
+    tm.finish();
+    common::mirror::rewrite_index(&tm.dir(), |installs| {
+        installs[&bad.hash]["spec"]["dependencies"] =
+            serde_json::json!([{"name": "ghost", "parameters": {"deptypes": ["link"]}}]);
+    });
+
+    let dirs = MountDirs::new();
+    let d = Daemon::mount(&tm.dir(), &dirs.mnt, &dirs.cache, &["--unsigned"]);
+    let good_dir = good.installed_prefix(&dirs.mnt);
+    run_program(good_dir.join("bin/hello.sh"), [] as [&str; 0]).assert_ok();
+    let bad_dir = bad.installed_prefix(&dirs.mnt);
+    assert!(bad_dir.is_dir(), "{} is listed\n{d}", bad_dir.display());
+    let errno = errno_of(
+        std::fs::read_dir(&bad_dir),
+        "read_dir of the bad package",
+        &d,
+    );
+    assert_eq!(errno, libc::EIO, "{d}");
+    let why = xattr_str(&bad_dir, "user.spackfs.error");
+    for needle in ["dependency ghost without hash", &bad.hash] {
+        assert!(why.contains(needle), "{needle:?} not in {why:?}\n{d}");
+    }
+    assert!(
+        !d.log_lines_with(&["dependency ghost without hash", &bad.hash[..7]])
+            .is_empty(),
+        "{d}"
+    );
+    drop(d);
+
+    let run = tm.install_into(&tm.root(), &[], &[&format!("/{}", bad.hash)]);
+    run.assert_failed();
+    run.assert_stderr_line_has(&["dependency ghost without hash"]);
+}

@@ -14,20 +14,23 @@ use serde_json::Value;
 
 use super::rawspec::Spool;
 use super::spec::{Key, NodeText};
-use super::table::{IndexTable, PackageRef, RawAt, Rows, TableStrings};
+use super::table::{IndexTable, Interning, PackageRef, RawAt, Rows, TableStrings};
 use super::FormatError;
 
-/// Parse an index database held in memory; rows keep index order. Accepts DB versions 6,
-/// 7 and 8. No spec's JSON is kept.
+/// Parse an index database held in memory (copied to a spool in the temporary
+/// directory first, as [`parse_spool`] reads it).
 pub fn parse(json: &[u8], what: &str) -> Result<IndexTable, FormatError> {
-    parse_bytes(json, what, None)
+    let spool = Spool::copy_from(&std::env::temp_dir(), &mut &json[..])
+        .map_err(|e| FormatError::invalid(what, format!("copying the index: {e}")))?;
+    parse_spool(&Arc::new(spool), what)
 }
 
-/// Parse the index database a spool holds (its whole content); every row points at its
-/// spec's text in the spool.
+/// Parse the index database a spool holds (its whole content); rows keep index order,
+/// and each points at its spec's text in the spool, where its dependency edges are read
+/// when asked for. Accepts DB versions 6, 7 and 8.
 pub fn parse_spool(spool: &Arc<Spool>, what: &str) -> Result<IndexTable, FormatError> {
     if spool.is_empty() {
-        return parse(b"", what);
+        return parse_bytes(b"", what, None);
     }
     let map = spool
         .map()
@@ -36,23 +39,37 @@ pub fn parse_spool(spool: &Arc<Spool>, what: &str) -> Result<IndexTable, FormatE
 }
 
 /// Write a Spack database of `records`, in order: each record keyed by its package's hash,
-/// its spec as the table keeps it ([`PackageRef::write_spec`]), then `tail`, the record's
-/// other members (JSON members without the braces, e.g. `"ref_count":0`).
-pub fn write_database<'a, D: fmt::Display>(
-    records: impl Iterator<Item = (&'a PackageRef, D)>,
+/// its spec as the table keeps it ([`PackageRef::write_spec`]), then the record's other
+/// members, which `tail` gives (JSON members without the braces, e.g. `"ref_count":0`)
+/// from the record's number, its spec's text and the offset in `out` where the tail goes.
+pub fn write_database<'a>(
+    records: impl Iterator<Item = &'a PackageRef>,
+    mut tail: impl FnMut(usize, &PackageRef, &[u8], u64) -> String,
     out: &mut dyn std::io::Write,
 ) -> std::io::Result<()> {
-    out.write_all(br#"{"database":{"version":"8","installs":{"#)?;
-    for (i, (node, tail)) in records.enumerate() {
+    // The offset reached in `out`.
+    let mut at = 0u64;
+    let mut put = |bytes: &[u8], at: &mut u64| {
+        *at += bytes.len() as u64;
+        out.write_all(bytes)
+    };
+    put(br#"{"database":{"version":"8","installs":{"#, &mut at)?;
+    let mut spec = Vec::new();
+    for (i, node) in records.enumerate() {
         if i > 0 {
-            out.write_all(b",")?;
+            put(b",", &mut at)?;
         }
-        serde_json::to_writer(&mut *out, node.hash())?;
-        out.write_all(br#":{"spec":"#)?;
-        node.write_spec(out)?;
-        write!(out, ",{tail}}}")?;
+        put(&serde_json::to_vec(node.hash())?, &mut at)?;
+        put(br#":{"spec":"#, &mut at)?;
+        spec.clear();
+        node.write_spec(&mut spec)?;
+        put(&spec, &mut at)?;
+        put(b",", &mut at)?;
+        let rest = tail(i, node, &spec, at);
+        put(rest.as_bytes(), &mut at)?;
+        put(b"}", &mut at)?;
     }
-    out.write_all(b"}}}")
+    put(b"}}}", &mut at)
 }
 
 /// Records are handed to the parsing threads in batches of this many.
@@ -82,7 +99,6 @@ fn parse_bytes(
     let specs = Specs {
         what,
         base: json.as_ptr() as usize,
-        spooled: keep.is_some(),
         strings: &strings,
     };
     let failed = AtomicBool::new(false);
@@ -94,8 +110,9 @@ fn parse_bytes(
         for queue in queues {
             let (done, specs, failed) = (done.clone(), &specs, &failed);
             scope.spawn(move || {
+                let mut strings = Interning::new(specs.strings);
                 for (no, batch) in queue {
-                    let r = specs.rows(batch);
+                    let r = specs.rows(batch, &mut strings);
                     if r.is_err() {
                         failed.store(true, Ordering::Relaxed);
                     }
@@ -107,6 +124,7 @@ fn parse_bytes(
         }
         let mut state = Parse {
             specs: &specs,
+            strings: Interning::new(&strings),
             jobs,
             done,
             results,
@@ -169,7 +187,7 @@ fn parse_bytes(
         Ok(rows)
     })?;
     let spools = keep.map(|k| vec![k.0.clone()]).unwrap_or_default();
-    Ok(IndexTable::assemble(strings, rows, spools))
+    Ok(IndexTable::assemble(strings, rows, spools, what).of_whole_spool())
 }
 
 /// Parsed batches, appended in file order as they come back (a batch that arrives early
@@ -220,23 +238,31 @@ type Done = (usize, Result<Rows, FormatError>);
 /// Makes rows of records' specs.
 struct Specs<'a> {
     what: &'a str,
-    /// Where the text starts (a spec's offset in the spool is its distance from here).
+    /// Where the text starts: the spool's (spool 0 of the table) first byte; a spec's
+    /// offset in the spool is its distance from here.
     base: usize,
-    /// The text is the spool (spool 0 of the table): rows point into it.
-    spooled: bool,
     strings: &'a TableStrings,
 }
 
 impl Specs<'_> {
-    fn rows(&self, batch: Vec<Pending<'_>>) -> Result<Rows, FormatError> {
+    fn rows<'a>(
+        &self,
+        batch: Vec<Pending<'a>>,
+        strings: &mut Interning<'_>,
+    ) -> Result<Rows, FormatError> {
         let mut rows = Rows::default();
         for p in batch {
-            self.record(p, &mut rows)?;
+            self.record(p, &mut rows, strings)?;
         }
         Ok(rows)
     }
 
-    fn record(&self, p: Pending<'_>, rows: &mut Rows) -> Result<(), FormatError> {
+    fn record<'a>(
+        &self,
+        p: Pending<'a>,
+        rows: &mut Rows,
+        strings: &mut Interning<'_>,
+    ) -> Result<(), FormatError> {
         let what = self.what;
         let key = p.key;
         // The key replaces the spec's hash below, so it is held to the same rule.
@@ -247,26 +273,26 @@ impl Specs<'_> {
             ));
         }
         let text = p.spec.get();
-        let node = NodeText::parse(text, what)?;
-        let raw = if self.spooled {
-            RawAt::Spool {
-                spool: 0,
-                offset: (text.as_ptr() as usize - self.base) as u64,
-                len: text.len(),
-                hash_differs: node.hash != key,
-            }
-        } else {
-            RawAt::None
+        // The edges stay in the spool until the package is used.
+        let node = NodeText::parse_head(text, what)?;
+        let raw = RawAt::Spool {
+            spool: 0,
+            offset: (text.as_ptr() as usize - self.base) as u64,
+            len: text.len(),
+            hash_differs: node.hash != key,
+            edges_in_spec: true,
         };
         // The key is authoritative (format doc 3.2).
         let in_cache = p.in_cache.unwrap_or(false);
-        rows.push(self.strings, &node, &key, in_cache, raw, what)
+        rows.push(strings, &node, &key, in_cache, raw, what)
     }
 }
 
 /// The walk in progress.
 struct Parse<'p, 'a> {
     specs: &'p Specs<'a>,
+    /// Batches parsed here (no workers) intern through this.
+    strings: Interning<'p>,
     /// The workers' queues (none: batches are parsed here).
     jobs: Vec<mpsc::SyncSender<Batch<'a>>>,
     done: mpsc::Sender<Done>,
@@ -331,7 +357,7 @@ impl<'a> Parse<'_, 'a> {
                 }
             }
             None => {
-                let r = self.specs.rows(batch);
+                let r = self.specs.rows(batch, &mut self.strings);
                 if r.is_err() {
                     self.failed.store(true, Ordering::Relaxed);
                 }

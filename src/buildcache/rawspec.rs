@@ -129,6 +129,26 @@ impl Spool {
         }
     }
 
+    /// The `len` bytes at `offset`.
+    pub fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        self.file.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
+    }
+
+    /// Write all its bytes to `out`.
+    pub fn copy_to(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut at = 0;
+        while at < self.len {
+            let n = buf.len().min((self.len - at) as usize);
+            self.file.read_exact_at(&mut buf[..n], at)?;
+            out.write_all(&buf[..n])?;
+            at += n as u64;
+        }
+        Ok(())
+    }
+
     /// A spec text of `len` bytes at `offset`.
     pub fn spec_at(self: &Arc<Self>, offset: u64, len: usize, hash_differs: bool) -> RawSpec {
         RawSpec::Spooled {

@@ -300,6 +300,18 @@ impl<'a> NodeText<'a> {
         fields.check(what)
     }
 
+    /// [`NodeText::parse`] without the dependencies: they are skipped unread (and
+    /// unchecked), `deps` is empty. What a listing needs of each of many nodes; the edges
+    /// are read when the package is used.
+    pub fn parse_head(text: &'a str, what: &str) -> Result<Self, FormatError> {
+        let Obj(Head(fields)) =
+            serde_json::from_str::<Obj<Head<'a>>>(text).map_err(|source| FormatError::Json {
+                what: what.to_string(),
+                source,
+            })?;
+        fields.check(what)
+    }
+
     /// The node, its strings shared through `interner`.
     pub fn into_node(self, interner: &mut Interner) -> SpecNode {
         let deps = self
@@ -320,9 +332,7 @@ impl<'a> NodeText<'a> {
             name: self.name.into_owned(),
             version: self.version.into_owned(),
             hash: self.hash.into_owned(),
-            compiler: self
-                .compiler
-                .map(|(n, v)| (n.into_owned(), v.into_owned())),
+            compiler: self.compiler.map(|(n, v)| (n.into_owned(), v.into_owned())),
             external: self.external,
             deps,
             raw: RawSpec::None,
@@ -818,6 +828,22 @@ impl<'de> ObjFields<'de> for ParamFields<'de> {
             _ => skip(map)?,
         }
         Ok(())
+    }
+}
+
+/// The fields of a node but its dependencies (skipped).
+#[derive(Default)]
+struct Head<'a>(NodeFields<'a>);
+
+impl<'de> ObjFields<'de> for Head<'de> {
+    fn seen_object(&mut self) {
+        self.0.seen_object();
+    }
+    fn member<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
+        match key {
+            "dependencies" => skip(map),
+            _ => self.0.member(key, map),
+        }
     }
 }
 

@@ -25,6 +25,9 @@ const IN_CACHE: u8 = 2;
 const HASH_DIFFERS: u8 = 4;
 const RAW_SPOOL: u8 = 8;
 const RAW_VALUE: u8 = 16;
+/// The row's dependency edges are not in the table: they are read from its spec's JSON
+/// when asked for.
+const EDGES_IN_SPEC: u8 = 32;
 
 /// A spooled spec's place: the spool's number in the table above this bit, its offset in
 /// the spool below (spools are at most [`super::rawspec::SPOOL_LIMIT`] bytes).
@@ -70,22 +73,25 @@ pub enum RawAt {
     /// Not kept.
     None,
     /// In spool `spool` (a number given by [`TableBuilder::add_spool`]) at `offset`.
+    /// `edges_in_spec`: the node's edges were not read (see [`NodeText::parse_head`]):
+    /// they are read from there when asked for.
     Spool {
         spool: usize,
         offset: u64,
         len: usize,
         hash_differs: bool,
+        edges_in_spec: bool,
     },
     /// Held as a value.
     Value(Arc<Value>),
 }
 
 /// The strings of a table being made, shared by the threads that parse its parts.
-pub struct TableStrings(ThreadedRodeo<Spur>);
+pub struct TableStrings(ThreadedRodeo<Spur, DefaultHashBuilder>);
 
 impl Default for TableStrings {
     fn default() -> Self {
-        TableStrings(ThreadedRodeo::new())
+        TableStrings(ThreadedRodeo::with_hasher(DefaultHashBuilder::default()))
     }
 }
 
@@ -94,6 +100,70 @@ impl TableStrings {
         self.0
             .try_get_or_intern(s)
             .map_err(|e| FormatError::invalid(what, format!("too many strings: {e}")))
+    }
+}
+
+/// One thread's way into a table's strings: a small cache of the strings it met last (a
+/// fixed number of slots, each holding a short string and its key; a slot is overwritten
+/// by the next string that falls into it) answers most lookups without the shared
+/// interner and its locks. Names, versions and targets recur thousands of times in an
+/// index, the hashes of common dependencies hundreds.
+pub struct Interning<'s> {
+    strings: &'s TableStrings,
+    hasher: DefaultHashBuilder,
+    slots: Box<[Slot]>,
+}
+
+/// Strings up to this long are cached.
+const SLOT_BYTES: usize = 47;
+/// Cache slots per thread (a power of two): about 200 KiB.
+const SLOTS: usize = 4096;
+
+#[derive(Clone, Copy)]
+struct Slot {
+    key: Option<Sym>,
+    len: u8,
+    bytes: [u8; SLOT_BYTES],
+}
+
+impl<'s> Interning<'s> {
+    pub fn new(strings: &'s TableStrings) -> Self {
+        let empty = Slot {
+            key: None,
+            len: 0,
+            bytes: [0; SLOT_BYTES],
+        };
+        Interning {
+            strings,
+            hasher: DefaultHashBuilder::default(),
+            slots: vec![empty; SLOTS].into_boxed_slice(),
+        }
+    }
+
+    /// Without a cache (a few nodes added one by one).
+    pub fn uncached(strings: &'s TableStrings) -> Self {
+        Interning {
+            strings,
+            hasher: DefaultHashBuilder::default(),
+            slots: Box::default(),
+        }
+    }
+
+    fn get(&mut self, s: &str, what: &str) -> Result<Sym, FormatError> {
+        if s.len() > SLOT_BYTES || self.slots.is_empty() {
+            return self.strings.get(s, what);
+        }
+        let slot = &mut self.slots[self.hasher.hash_one(s) as usize & (SLOTS - 1)];
+        if let Some(k) = slot.key {
+            if &slot.bytes[..slot.len as usize] == s.as_bytes() {
+                return Ok(k);
+            }
+        }
+        let k = self.strings.get(s, what)?;
+        slot.key = Some(k);
+        slot.len = s.len() as u8;
+        slot.bytes[..s.len()].copy_from_slice(s.as_bytes());
+        Ok(k)
     }
 }
 
@@ -119,8 +189,7 @@ impl Rows {
         let edge_base = u32::try_from(self.edges.len())
             .map_err(|_| FormatError::invalid(what, "too many dependency edges"))?;
         let value_base = self.values.len() as u64;
-        if self.rows.is_empty() && self.edges.is_empty() && self.values.is_empty()
-        {
+        if self.rows.is_empty() && self.edges.is_empty() && self.values.is_empty() {
             // The first part moves in whole.
             std::mem::swap(self, &mut part);
             return Ok(());
@@ -144,27 +213,22 @@ impl Rows {
     /// node's own), with its JSON at `raw`.
     pub fn push(
         &mut self,
-        strings: &TableStrings,
+        strings: &mut Interning<'_>,
         node: &NodeText<'_>,
         hash: &str,
         in_buildcache: bool,
         raw: RawAt,
         what: &str,
     ) -> Result<(), FormatError> {
-        let s = |v: &str| strings.get(v, what);
-        let mut joined = String::new();
+        let mut s = |v: &str| strings.get(v, what);
         for e in &node.deps {
-            let virtuals = if e.virtuals.is_empty() {
-                None
-            } else {
-                joined.clear();
-                for (i, v) in e.virtuals.iter().enumerate() {
-                    if i > 0 {
-                        joined.push(VIRTUALS_SEP);
-                    }
-                    joined.push_str(v);
+            let virtuals = match e.virtuals.as_slice() {
+                [] => None,
+                [one] => Some(s(one)?),
+                many => {
+                    let joined = many.join(VIRTUALS_SEP.encode_utf8(&mut [0; 4]));
+                    Some(s(&joined)?)
                 }
-                Some(s(&joined)?)
             };
             self.edges.push(Edge {
                 name: s(&e.name)?,
@@ -191,6 +255,7 @@ impl Rows {
                 offset,
                 len,
                 hash_differs,
+                edges_in_spec,
             } => {
                 let len = u32::try_from(len).map_err(|_| {
                     FormatError::invalid(what, format!("the spec of {hash} is over 4 GiB"))
@@ -201,6 +266,9 @@ impl Rows {
                 flags |= RAW_SPOOL;
                 if hash_differs {
                     flags |= HASH_DIFFERS;
+                }
+                if edges_in_spec {
+                    flags |= EDGES_IN_SPEC;
                 }
                 (((spool as u64) << SPOOL_SHIFT) | offset, len)
             }
@@ -284,17 +352,19 @@ impl TableBuilder {
                 offset: *offset,
                 len: *len as usize,
                 hash_differs: *hash_differs,
+                edges_in_spec: false,
             },
         };
         let text = node.text();
         let what = node.display();
+        let mut strings = Interning::uncached(&self.strings);
         self.rows
-            .push(&self.strings, &text, &node.hash, in_buildcache, raw, &what)
+            .push(&mut strings, &text, &node.hash, in_buildcache, raw, &what)
     }
 
     /// The table.
     pub fn finish(self) -> IndexTable {
-        IndexTable::assemble(self.strings, self.rows, self.spools)
+        IndexTable::assemble(self.strings, self.rows, self.spools, "package list")
     }
 }
 
@@ -308,6 +378,10 @@ pub struct IndexTable {
     hasher: DefaultHashBuilder,
     spools: Vec<Arc<Spool>>,
     values: Vec<Arc<Value>>,
+    /// What the rows were read from, for errors (the index's URL).
+    what: Box<str>,
+    /// The rows are the whole of spool 0, parsed (see [`IndexTable::whole_spool`]).
+    whole: bool,
 }
 
 impl std::fmt::Debug for IndexTable {
@@ -329,7 +403,12 @@ impl Default for IndexTable {
 impl IndexTable {
     /// The table of `rows` (made with `strings`, their spooled JSON in `spools`), with its
     /// lookup by hash (the first row of a hash listed twice).
-    pub fn assemble(strings: TableStrings, rows: Rows, spools: Vec<Arc<Spool>>) -> Self {
+    pub fn assemble(
+        strings: TableStrings,
+        rows: Rows,
+        spools: Vec<Arc<Spool>>,
+        what: &str,
+    ) -> Self {
         let Rows {
             mut rows,
             mut edges,
@@ -359,7 +438,21 @@ impl IndexTable {
             hasher,
             spools,
             values,
+            what: what.into(),
+            whole: false,
         }
+    }
+
+    /// The table of a whole index database the spool holds ([`super::index::parse_spool`]).
+    pub(super) fn of_whole_spool(mut self) -> Self {
+        self.whole = self.spools.len() == 1;
+        self
+    }
+
+    /// The spool this table was parsed from in full, if it was: a Spack database whose
+    /// records are exactly this table's rows.
+    pub fn whole_spool(&self) -> Option<&Arc<Spool>> {
+        self.spools.first().filter(|_| self.whole)
     }
 
     /// A table of `nodes` (with whether each is in the build cache), in order.
@@ -378,7 +471,7 @@ impl IndexTable {
         let mut b = TableBuilder::new();
         for t in tables {
             for p in IndexTable::packages(t) {
-                b.push_node(&p.spec(), p.in_buildcache())?;
+                b.push_node(&p.spec()?, p.in_buildcache())?;
             }
         }
         Ok(b.finish())
@@ -457,26 +550,6 @@ impl IndexTable {
     }
 }
 
-/// A dependency edge of a [`PackageRef`].
-#[derive(Debug, Clone, Copy)]
-pub struct EdgeRef<'a> {
-    pub name: &'a str,
-    pub hash: &'a str,
-    pub deptypes: DepTypes,
-    virtuals: &'a str,
-}
-
-impl EdgeRef<'_> {
-    pub fn is(&self, deptype: &str) -> bool {
-        self.deptypes.has(deptype)
-    }
-
-    /// Does the edge provide virtual `name` (`c`, `cxx`, `mpi`…)?
-    pub fn provides(&self, name: &str) -> bool {
-        !self.virtuals.is_empty() && self.virtuals.split(VIRTUALS_SEP).any(|v| v == name)
-    }
-}
-
 /// One package of a table (sixteen bytes: the table and a row number).
 #[derive(Clone)]
 pub struct PackageRef {
@@ -546,16 +619,6 @@ impl PackageRef {
         self.ident().answers_to(spec)
     }
 
-    /// Its dependency edges.
-    pub fn deps(&self) -> impl Iterator<Item = EdgeRef<'_>> + '_ {
-        self.table.edges(self.row).iter().map(|e| EdgeRef {
-            name: self.s(e.name),
-            hash: self.s(e.hash),
-            deptypes: e.deptypes,
-            virtuals: e.virtuals.map_or("", |v| self.s(v)),
-        })
-    }
-
     /// Where its JSON is kept.
     fn raw(&self) -> RawSpec {
         let r = self.r();
@@ -580,8 +643,51 @@ impl PackageRef {
             .write_to(out, self.name(), self.version(), self.hash())
     }
 
-    /// The full node, made from the row.
-    pub fn spec(&self) -> SpecNode {
+    /// The full node: made from the row, or (when its edges were left in its JSON) read
+    /// from its JSON, whose dependency edges are checked now. The index's key is its hash.
+    pub fn spec(&self) -> Result<SpecNode, FormatError> {
+        if self.r().flags & EDGES_IN_SPEC == 0 {
+            return Ok(self.spec_of_row());
+        }
+        let what = format!("{}, record {}", self.table.what, self.hash());
+        let RawSpec::Spooled {
+            spool, offset, len, ..
+        } = self.raw()
+        else {
+            return Err(FormatError::invalid(what, "its spec is not kept"));
+        };
+        let bytes = spool
+            .read_at(offset, len as usize)
+            .map_err(|e| FormatError::invalid(&what, format!("reading its spec: {e}")))?;
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|e| FormatError::invalid(&what, format!("its spec: {e}")))?;
+        let mut node = NodeText::parse(text, &what)?.into_node(&mut Default::default());
+        node.hash = self.hash().to_string();
+        node.raw = self.raw();
+        Ok(node)
+    }
+
+    /// Its dependency edges (see [`PackageRef::spec`]).
+    pub fn deps(&self) -> Result<Vec<DepEdge>, FormatError> {
+        if self.r().flags & EDGES_IN_SPEC != 0 {
+            return Ok(self.spec()?.deps);
+        }
+        Ok(self.edges_of_row().collect())
+    }
+
+    fn edges_of_row(&self) -> impl Iterator<Item = DepEdge> + '_ {
+        self.table.edges(self.row).iter().map(|e| DepEdge {
+            name: Arc::from(self.s(e.name)),
+            hash: Arc::from(self.s(e.hash)),
+            deptypes: e.deptypes,
+            virtuals: match e.virtuals.map_or("", |v| self.s(v)) {
+                "" => Box::default(),
+                v => v.split(VIRTUALS_SEP).map(Box::from).collect(),
+            },
+        })
+    }
+
+    fn spec_of_row(&self) -> SpecNode {
         let r = *self.r();
         let arc = |s: Sym| Arc::<str>::from(self.s(s));
         SpecNode {
@@ -596,18 +702,7 @@ impl PackageRef {
                 .own_compiler()
                 .map(|(n, v)| (n.to_string(), v.to_string())),
             external: self.is_external(),
-            deps: self
-                .deps()
-                .map(|e| DepEdge {
-                    name: Arc::from(e.name),
-                    hash: Arc::from(e.hash),
-                    deptypes: e.deptypes,
-                    virtuals: match e.virtuals {
-                        "" => Box::default(),
-                        v => v.split(VIRTUALS_SEP).map(Box::from).collect(),
-                    },
-                })
-                .collect(),
+            deps: self.edges_of_row().collect(),
             raw: self.raw(),
         }
     }
@@ -617,16 +712,24 @@ impl PackageRef {
         Arc::ptr_eq(&self.table, table)
     }
 
+    /// Are both rows of the same table?
+    pub fn same_table(&self, other: &PackageRef) -> bool {
+        Arc::ptr_eq(&self.table, &other.table)
+    }
+
     /// The same package in a table of its own (so that a package kept after its index
-    /// was replaced does not keep the whole old table).
+    /// was replaced does not keep the whole old table); itself when its spec cannot be
+    /// read.
     pub fn detached(&self) -> PackageRef {
         if self.table.len() == 1 {
             return self.clone();
         }
         let mut b = TableBuilder::new();
-        match b.push_node(&self.spec(), self.in_buildcache()) {
+        match self
+            .spec()
+            .and_then(|node| b.push_node(&node, self.in_buildcache()))
+        {
             Ok(()) => IndexTable::package(&Arc::new(b.finish()), 0),
-            // The row was made from the same strings: it cannot fail; keep the table.
             Err(_) => self.clone(),
         }
     }
@@ -646,12 +749,16 @@ mod tests {
     /// its JSON; lookups by hash find the first row of a hash.
     #[test]
     fn rows_round_trip_nodes() {
-        let a = node(serde_json::json!({"name":"app","version":"1.0","hash":"aaa","namespace":"builtin",
+        let a = node(
+            serde_json::json!({"name":"app","version":"1.0","hash":"aaa","namespace":"builtin",
             "arch":{"platform":"linux","platform_os":"debian12","target":{"name":"zen3"}},
             "compiler":{"name":"gcc","version":"12"},
             "dependencies":[{"name":"zlib","hash":"zzz","parameters":{"deptypes":["build","link"],"virtuals":[]}},
-                            {"name":"gcc","hash":"ggg","parameters":{"deptypes":"build","virtuals":["c","cxx"]}}]}));
-        let z = node(serde_json::json!({"name":"zlib","version":"1.3","hash":"zzz","external":{"path":"/usr"}}));
+                            {"name":"gcc","hash":"ggg","parameters":{"deptypes":"build","virtuals":["c","cxx"]}}]}),
+        );
+        let z = node(
+            serde_json::json!({"name":"zlib","version":"1.3","hash":"zzz","external":{"path":"/usr"}}),
+        );
         let t = Arc::new(IndexTable::from_nodes([(&a, true), (&z, false), (&a, false)]).unwrap());
         assert_eq!(t.len(), 3);
         assert_eq!(t.find("aaa"), Some(0));
@@ -659,16 +766,28 @@ mod tests {
         assert_eq!(t.find("aa"), None);
         let p = IndexTable::package(&t, 0);
         assert!(p.in_buildcache() && !p.is_external());
-        let back = p.spec();
+        let back = p.spec().unwrap();
         assert_eq!(
-            (back.name.as_str(), back.version.as_str(), back.hash.as_str()),
+            (
+                back.name.as_str(),
+                back.version.as_str(),
+                back.hash.as_str()
+            ),
             ("app", "1.0", "aaa")
         );
         assert_eq!((&*back.platform, &*back.target), ("linux", "zen3"));
         assert_eq!(back.compiler, Some(("gcc".into(), "12".into())));
         assert_eq!(back.deps, a.deps);
-        let edges: Vec<_> = p.deps().map(|e| (e.name, e.provides("c"), e.is("link"))).collect();
-        assert_eq!(edges, [("zlib", false, true), ("gcc", true, false)]);
+        let edges: Vec<_> = p
+            .deps()
+            .unwrap()
+            .iter()
+            .map(|e| (e.name.to_string(), e.provides("c"), e.is("link")))
+            .collect();
+        assert_eq!(
+            edges,
+            [("zlib".into(), false, true), ("gcc".into(), true, false)]
+        );
         let zp = IndexTable::package(&t, 1);
         assert!(zp.is_external() && !zp.in_buildcache());
         let mut out = Vec::new();
@@ -676,7 +795,7 @@ mod tests {
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["external"]["path"], "/usr");
         let d = p.detached();
-        assert_eq!(d.spec().deps, a.deps);
+        assert_eq!(d.spec().unwrap().deps, a.deps);
         assert!(!d.is_in(&t));
     }
 }

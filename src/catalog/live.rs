@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use super::materialise::{self, Target, Timings};
 use super::{Catalog, CatalogError};
-use crate::buildcache::spec::SpecNode;
+use crate::buildcache::spec::{NodeText, SpecNode};
 use crate::buildcache::table::PackageRef;
 use crate::install::InstallError;
 use crate::store::{prefix_key, EntryMeta, ReadyPrefix, Store};
@@ -182,9 +182,10 @@ impl Packages {
         let h = self.hasher.hash_one(p.node.hash());
         self.list.push(Arc::new(p));
         let (list, hasher) = (&self.list, &self.hasher);
-        self.by_hash.insert_unique(h, (list.len() - 1) as u32, |&i| {
-            hasher.hash_one(list[i as usize].node.hash())
-        });
+        self.by_hash
+            .insert_unique(h, (list.len() - 1) as u32, |&i| {
+                hasher.hash_one(list[i as usize].node.hash())
+            });
         self.list.len() - 1
     }
 
@@ -253,6 +254,7 @@ impl LiveCatalog {
     /// (numbers are never reused), packages that left every index are unlisted unless they
     /// are ready or being fetched (in use, or just used: they never vanish under a user).
     fn sync_namespace(&self) -> NamespaceChange {
+        let started = Instant::now();
         let ns = self.catalog.namespace();
         let mut change = NamespaceChange::default();
         let mut pk = self.packages.write().unwrap();
@@ -320,6 +322,12 @@ impl LiveCatalog {
                 change.removed.push(i);
             }
         }
+        tracing::debug!(
+            "mount's packages placed in {:?}: {} added, {} removed",
+            started.elapsed(),
+            change.added.len(),
+            change.removed.len()
+        );
         change
     }
 
@@ -665,7 +673,7 @@ impl LiveCatalog {
         tx: watch::Sender<Option<Result<ReadyPrefix, Failure>>>,
     ) {
         let package = self.index_of(&hash).and_then(|i| self.package(i));
-        let Some(node) = package.filter(|p| p.is_listed()).map(|p| p.node.spec()) else {
+        let Some(package) = package.filter(|p| p.is_listed()) else {
             let f = Failure {
                 kind: FailureKind::NotFound,
                 message: Arc::new(format!("{hash} is not in {}", self.catalog.describe())),
@@ -674,13 +682,30 @@ impl LiveCatalog {
             let _ = tx.send(Some(Err(f)));
             return;
         };
+        let shown = package.node.display();
+        // Its spec in full (the dependency edges are read from its index now).
+        let node = package.node.spec().map_err(|source| {
+            CatalogError::Mirror(crate::mirror::MirrorError::Format {
+                mirror: self.catalog.mirror(),
+                source,
+            })
+        });
         // A panic below (a bug, or a library misbehaving on hostile input) is a failure of
         // this package like any other: it must not leave the package in flight forever.
-        let result = match std::panic::AssertUnwindSafe(self.materialise(&node))
+        let materialised = async {
+            match &node {
+                Ok(node) => self.materialise(node).await,
+                Err(_) => Err(CatalogError::Internal {
+                    package: shown.clone(),
+                    message: "no spec".into(),
+                }),
+            }
+        };
+        let result = match std::panic::AssertUnwindSafe(materialised)
             .catch_unwind()
             .await
         {
-            Ok(r) => r,
+            Ok(r) => node.and(r),
             Err(panic) => {
                 let what = panic
                     .downcast_ref::<String>()
@@ -688,7 +713,7 @@ impl LiveCatalog {
                     .or_else(|| panic.downcast_ref::<&str>().copied())
                     .unwrap_or("(no message)");
                 Err(CatalogError::Internal {
-                    package: node.display(),
+                    package: shown.clone(),
                     message: format!("materialisation panicked: {what}"),
                 })
             }
@@ -701,7 +726,7 @@ impl LiveCatalog {
                     message: Arc::new(e.to_string()),
                 };
                 crate::metrics::global()
-                    .package_failed(failure.kind.label(), &format!("{}: {e}", node.display()));
+                    .package_failed(failure.kind.label(), &format!("{shown}: {e}"));
                 let delay = self.backoff * 2u32.saturating_pow(attempts.min(6));
                 let full = if failure.kind == FailureKind::NoSpace {
                     format!(
@@ -713,7 +738,7 @@ impl LiveCatalog {
                 };
                 tracing::error!(
                     "{}: {e}{full} (touching processes get {}; retry after {:?})",
-                    node.display(),
+                    shown,
                     failure.kind.describe(),
                     delay
                 );
@@ -859,40 +884,66 @@ impl LiveCatalog {
     }
 
     /// Write a Spack database (format doc 3) naming every package at its prefix under the
-    /// mount point, so that Spack can use the mount as an upstream. Streamed record by
-    /// record: each spec is read back from where its index kept it.
-    pub fn write_spack_db(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
-        let listed: Vec<Arc<LivePackage>> = {
+    /// mount point, so that Spack can use the mount as an upstream, to `file`. Streamed
+    /// record by record: each spec is read back from where its index kept it, and its
+    /// dependency edges read from that text as it goes by. A record's `ref_count` (how many
+    /// listed packages depend on it) is known only once every record is written: each is
+    /// written as a number right-aligned in a field of spaces (JSON allows spaces before a
+    /// value), filled in at the end.
+    pub fn write_spack_db(&self, file: &std::fs::File) -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::FileExt;
+        const REF_FIELD: &str = r#""ref_count":"#;
+        const REF_WIDTH: usize = 10;
+        let listed: Vec<(usize, Arc<LivePackage>)> = {
             let pk = self.packages.read().unwrap();
-            pk.list.iter().filter(|p| p.is_listed()).cloned().collect()
+            (pk.list.iter().enumerate())
+                .filter(|(_, p)| p.is_listed())
+                .map(|(i, p)| (i, p.clone()))
+                .collect()
         };
-        let mut refs: HashMap<&str, u64> = HashMap::new();
-        {
-            let pk = self.packages.read().unwrap();
-            for p in &listed {
-                for d in p.node.deps() {
-                    if pk.find(d.hash).is_some() {
-                        *refs.entry(d.hash).or_default() += 1;
-                    }
-                }
-            }
-        }
         let time = self
             .mounted_at
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
         let time = serde_json::to_string(&time)?;
-        let records = listed.iter().map(|p| {
-            let n = &p.node;
-            let path = serde_json::Value::from(format!("{}/{}", self.target.root, p.rel_path));
-            let refs = refs.get(n.hash()).copied().unwrap_or(0);
-            let tail = format!(
-                r#""ref_count":{refs},"path":{path},"installed":true,"explicit":false,"installation_time":{time}"#
-            );
-            (n, tail)
-        });
-        crate::buildcache::index::write_database(records, out)
+        // Dependents (listed) per hash, and where each record's count goes.
+        let mut refs: hashbrown::HashMap<Box<str>, u64, DefaultHashBuilder> =
+            hashbrown::HashMap::default();
+        let mut fields: Vec<u64> = Vec::with_capacity(listed.len());
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+        crate::buildcache::index::write_database(
+            listed.iter().map(|(_, p)| &p.node),
+            |i, _, spec, at| {
+                // A spec whose edges cannot be read counts for none: the package's own
+                // first touch says why.
+                let edges = std::str::from_utf8(spec)
+                    .ok()
+                    .and_then(|t| NodeText::parse(t, "").ok());
+                for d in edges.iter().flat_map(|e| &e.deps) {
+                    *refs.entry_ref(d.hash.as_ref()).or_default() += 1;
+                }
+                fields.push(at + REF_FIELD.len() as u64);
+                let path = serde_json::Value::from(format!(
+                    "{}/{}",
+                    self.target.root, listed[i].1.rel_path
+                ));
+                format!(
+                    r#"{REF_FIELD}{:>REF_WIDTH$},"path":{path},"installed":true,"explicit":false,"installation_time":{time}"#,
+                    0
+                )
+            },
+            &mut out,
+        )?;
+        out.flush()?;
+        drop(out);
+        for ((_, p), at) in listed.iter().zip(&fields) {
+            if let Some(n) = refs.get(p.node.hash()) {
+                file.write_all_at(format!("{n:>REF_WIDTH$}").as_bytes(), *at)?;
+            }
+        }
+        Ok(())
     }
 }
 

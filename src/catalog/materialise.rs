@@ -483,7 +483,13 @@ mod tests {
                 Projection::default(),
                 Limits::default(),
             );
-            let node = catalog.namespace().entry(&m.hash).unwrap().node.spec();
+            let node = catalog
+                .namespace()
+                .entry(&m.hash)
+                .unwrap()
+                .node
+                .spec()
+                .unwrap();
             let outcome = install_one(&catalog, &node, &target).await;
             let Ok(Outcome::Installed { prefix, .. }) = outcome else {
                 panic!("{fault:?}: {outcome:?}");

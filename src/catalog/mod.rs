@@ -182,10 +182,13 @@ impl Namespace {
         if let Some((n, v)) = node.own_compiler() {
             return Some((n.to_string(), v.to_string()));
         }
+        // The edges, read from the index (none when they cannot be: the package's first
+        // use says why).
+        let deps = node.deps().unwrap_or_default();
         ["c", "cxx", "fortran"].iter().find_map(|lang| {
-            node.deps()
+            deps.iter()
                 .filter(|e| e.provides(lang))
-                .find_map(|e| self.entry(e.hash))
+                .find_map(|e| self.entry(&e.hash))
                 .map(|d| (d.node.name().to_string(), d.node.version().to_string()))
         })
     }
@@ -200,7 +203,14 @@ impl Namespace {
 
     /// Add mirror `mirror`'s `row` of `table`: a new entry, or what it says merged into the
     /// entry of the same hash (the same package).
-    fn add(&mut self, table: &Arc<IndexTable>, row: u32, in_cache: bool, lacks: bool, mirror: usize) {
+    fn add(
+        &mut self,
+        table: &Arc<IndexTable>,
+        row: u32,
+        in_cache: bool,
+        lacks: bool,
+        mirror: usize,
+    ) {
         let hash = table.hash(row);
         let bit = if in_cache { 1u64 << mirror } else { 0 };
         let lacks = if lacks { 1u64 << mirror } else { 0 };
@@ -375,7 +385,7 @@ impl Catalog {
                         ""
                     }
                 );
-                self.set_records(i, records, false, lacking);
+                self.set_records(i, *records, false, lacking);
                 Ok(true)
             }
             Err(e) => {
@@ -404,6 +414,7 @@ impl Catalog {
 
     /// Make the merged namespace from every mirror's records.
     fn rebuild(&self) {
+        let started = std::time::Instant::now();
         let sources = self.sources.lock().unwrap().clone();
         let mut ns = Namespace::default();
         if let Some(t) = sources.iter().find_map(|s| s.records.as_ref()) {
@@ -420,6 +431,11 @@ impl Catalog {
                 ns.add(table, row, in_cache, lacks, i);
             }
         }
+        tracing::debug!(
+            "namespace of {} packages made in {:?}",
+            ns.len(),
+            started.elapsed()
+        );
         *self.namespace.write().unwrap() = Arc::new(ns);
     }
 
@@ -457,14 +473,16 @@ impl Catalog {
             s.clone()
         };
         let table = source.records.as_ref()?;
+        // The verified index itself, when the table is all of it and says nothing the
+        // mirror contradicts (no package it lacks): a copy, not a rewrite.
+        if let (Some(spool), true) = (table.whole_spool(), source.lacking.is_empty()) {
+            return Some(spool.copy_to(out));
+        }
         let packages: Vec<(PackageRef, bool)> = IndexTable::packages(table)
             .enumerate()
             .map(|(row, p)| (p, source.says(table, row as u32).0))
             .collect();
-        Some(write_database(
-            packages.iter().map(|(p, c)| (p, *c)),
-            out,
-        ))
+        Some(write_database(packages.iter().map(|(p, c)| (p, *c)), out))
     }
 
     /// Read every mirror's index again (conditional requests): returns whether the merged
@@ -662,16 +680,19 @@ impl Catalog {
 }
 
 /// Write a Spack database (`{"database":{"version":"8","installs":{…}}}`) of index
-/// records, record by record (each spec read back from where it is kept).
+/// records, record by record (each spec read back from where it is kept); a hash listed
+/// twice is written once.
 pub fn write_database<'a>(
     records: impl Iterator<Item = (&'a PackageRef, bool)>,
     out: &mut dyn std::io::Write,
 ) -> std::io::Result<()> {
     let mut seen = HashSet::new();
+    let records: Vec<(&PackageRef, bool)> = records
+        .filter(|(node, _)| seen.insert(node.hash()))
+        .collect();
     crate::buildcache::index::write_database(
-        records
-            .filter(|(node, _)| seen.insert(node.hash()))
-            .map(|(node, in_cache)| (node, format!(r#""ref_count":0,"in_buildcache":{in_cache}"#))),
+        records.iter().map(|(node, _)| *node),
+        |i, _, _, _| format!(r#""ref_count":0,"in_buildcache":{}"#, records[i].1),
         out,
     )
 }

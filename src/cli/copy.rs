@@ -88,7 +88,7 @@ fn lock_nodes(
     for hash in &lock.all {
         match ns.entry(hash) {
             Some(e) if e.in_buildcache && !e.node.is_external() => {
-                out.push(Arc::new(e.node.spec()))
+                out.push(Arc::new(e.node.spec()?))
             }
             found => {
                 let what = found.map_or_else(|| format!("/{hash}"), |e| e.node.display());
@@ -146,7 +146,17 @@ pub(crate) async fn copy(
     }
     for s in specs {
         match catalog.resolve(s) {
-            Ok(found) => requested.extend(found.into_iter().map(|e| Arc::new(e.node.spec()))),
+            Ok(found) => {
+                for e in found {
+                    match e.node.spec() {
+                        Ok(node) => requested.push(Arc::new(node)),
+                        Err(err) => {
+                            tracing::error!("{err}");
+                            failed.push(e.node.display());
+                        }
+                    }
+                }
+            }
             Err(e) => {
                 tracing::error!("{e}");
                 failed.push(s.clone());
@@ -180,7 +190,8 @@ pub(crate) async fn copy(
     let display = Display::new(total, nodes.len());
     let ns = catalog.namespace();
     let mut results = futures::stream::iter(nodes.iter().map(|node| {
-        let (mirror, dest, display, compiler) = (&mirror, &dest, &display, ns.compiler_of_node(node));
+        let (mirror, dest, display, compiler) =
+            (&mirror, &dest, &display, ns.compiler_of_node(node));
         async move {
             let r = copy::copy_package(
                 mirror,

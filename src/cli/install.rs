@@ -39,28 +39,28 @@ pub(crate) async fn ls(
     let metas: Vec<_> = futures::stream::iter(ns.indexed().map(|e| {
         let catalog = &catalog;
         async move {
-            let node = e.node.spec();
-            let meta = match e.in_buildcache {
-                true => Some(catalog.meta(&node).await),
-                false => None,
+            let meta = match (e.in_buildcache, e.node.spec()) {
+                (false, _) => None,
+                (true, Ok(node)) => Some(catalog.meta(&node).await.map_err(|e| e.to_string())),
+                (true, Err(err)) => Some(Err(err.to_string())),
             };
-            (node, meta)
+            (e, meta)
         }
     }))
     .buffered(16)
     .collect()
     .await;
-    for (node, meta) in metas {
-        let node = &node;
+    for (e, meta) in metas {
+        let node = &e.node;
+        let placed =
+            || -> Result<String> { Ok(format!("{root}/{}", place(&ns, &projection, node)?)) };
         let Some(meta) = meta else {
             missing += 1;
             let mut row = vec![
-                node.name.clone(),
-                node.version.clone(),
-                short_hash(&node.hash).to_string(),
-                Catalog::prefix_of(root, &projection, node, None)?
-                    .display()
-                    .to_string(),
+                node.name().to_string(),
+                node.version().to_string(),
+                short_hash(node.hash()).to_string(),
+                placed()?,
                 "-".into(),
                 MISSING.into(),
             ];
@@ -72,7 +72,9 @@ pub(crate) async fn ls(
         };
         let (prefix, size, signer, mirror) = match meta.map(|m| m.into_inner()) {
             Ok(m) => (
-                Catalog::prefix_of(root, &projection, node, Some(&m.dag))?,
+                Catalog::prefix_of(root, &projection, m.node(), Some(&m.dag))?
+                    .display()
+                    .to_string(),
                 m.tarball_size
                     .map(|s| bytesize::ByteSize::b(s).to_string())
                     .unwrap_or_else(|| "?".into()),
@@ -80,17 +82,17 @@ pub(crate) async fn ls(
                 m.mirror,
             ),
             Err(err) => (
-                Catalog::prefix_of(root, &projection, node, None)?,
+                placed()?,
                 "?".into(),
                 format!("UNTRUSTED ({err})"),
                 String::new(),
             ),
         };
         let mut row = vec![
-            node.name.clone(),
-            node.version.clone(),
-            short_hash(&node.hash).to_string(),
-            prefix.display().to_string(),
+            node.name().to_string(),
+            node.version().to_string(),
+            short_hash(node.hash()).to_string(),
+            prefix,
             size,
             signer,
         ];
@@ -114,18 +116,14 @@ fn ls_index(
     root: &str,
 ) -> Result<ExitCode> {
     use std::io::Write;
-    let compilers = projection.uses_compiler();
-    let place = |node: &spackfs::buildcache::table::PackageRef| {
-        let compiler = if compilers { ns.compiler_of(node) } else { None };
-        projection.format_with(node.ident(), compiler.as_ref())
-    };
+    let placed = |node| place(ns, projection, node);
     let (mut name_w, mut version_w, mut prefix_w) = (0, 0, 0);
     let (mut listed, mut missing) = (0, 0);
     for e in ns.indexed() {
         let n = &e.node;
         name_w = name_w.max(n.name().len());
         version_w = version_w.max(n.version().len());
-        prefix_w = prefix_w.max(root.len() + 1 + place(n)?.len());
+        prefix_w = prefix_w.max(root.len() + 1 + placed(n)?.len());
     }
     let hash_w = ns
         .indexed()
@@ -138,7 +136,7 @@ fn ls_index(
         let n = &e.node;
         listed += 1;
         line.clear();
-        let prefix = format!("{root}/{}", place(n)?);
+        let prefix = format!("{root}/{}", placed(n)?);
         use std::fmt::Write as _;
         let _ = write!(
             line,
@@ -155,9 +153,7 @@ fn ls_index(
         }
         match writeln!(out, "{}", line.trim_end()) {
             // The reader went away (`spackfs ls | head`): nothing more to print.
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-                return Ok(ExitCode::SUCCESS)
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
             r => r?,
         }
     }
@@ -168,6 +164,20 @@ fn ls_index(
     drop(out);
     note_missing(missing, listed);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where a mount places `node` (relative to its root): the compiler, for `{compiler.*}`,
+/// looked up in the index.
+fn place(
+    ns: &spackfs::catalog::Namespace,
+    projection: &Projection,
+    node: &spackfs::buildcache::table::PackageRef,
+) -> Result<String> {
+    let compiler = match projection.uses_compiler() {
+        true => ns.compiler_of(node),
+        false => None,
+    };
+    Ok(projection.format_with(node.ident(), compiler.as_ref())?)
 }
 
 /// The line under a listing that has packages the mirror lacks.
@@ -264,12 +274,9 @@ pub(crate) async fn install(
     }
     let mut requested = Vec::new();
     for s in specs {
-        requested.extend(
-            catalog
-                .resolve(s)?
-                .into_iter()
-                .map(|e| Arc::new(e.node.spec())),
-        );
+        for e in catalog.resolve(s)? {
+            requested.push(Arc::new(e.node.spec()?));
+        }
     }
     let closure = catalog.closure(&requested).await;
     for (pkg, parent, why) in &closure.skipped {

@@ -84,12 +84,14 @@ impl FsCore {
     /// Build the tree of a live catalog. `read_mode` is the wish; passthrough falls back to
     /// pread when the kernel or our privileges do not allow it.
     pub fn new(live: Arc<LiveCatalog>, read_mode: ReadMode) -> Self {
+        let started = std::time::Instant::now();
         let inodes = Arc::new(Inodes::new());
         for (i, p) in live.packages().iter().enumerate() {
             if p.is_listed() {
                 inodes.add_package(&p.rel_path, i);
             }
         }
+        tracing::debug!("directory tree made in {:?}", started.elapsed());
         let db_ino = inodes.add_path(".spack-db/index.json", Node::SpackDb);
         let db = Arc::new(SpackDb::new(live.store().root().join("index")));
         let bin = inodes.child(ROOT, OsStr::new("bin"));
@@ -532,7 +534,10 @@ impl FsCore {
         };
         let state = self.live.state(p.node.hash());
         let mut out = vec![
-            ("user.spackfs.hash".into(), p.node.hash().to_string().into_bytes()),
+            (
+                "user.spackfs.hash".into(),
+                p.node.hash().to_string().into_bytes(),
+            ),
             (
                 "user.spackfs.state".into(),
                 state.name().as_bytes().to_vec(),

@@ -4,7 +4,6 @@
 //! served by `pread`, and written again after the package list changes.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -59,10 +58,7 @@ impl SpackDb {
         }
         std::fs::create_dir_all(&self.dir)?;
         let file = tempfile::tempfile_in(&self.dir)?;
-        let mut out = BufWriter::with_capacity(1 << 20, file);
-        live.write_spack_db(&mut out)?;
-        out.flush()?;
-        let file = out.into_inner().map_err(|e| e.into_error())?;
+        live.write_spack_db(&file)?;
         let len = file.metadata()?.len();
         let db = Arc::new(DbFile { file, len });
         *current = Some(db.clone());

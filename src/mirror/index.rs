@@ -13,10 +13,10 @@ use futures::StreamExt;
 use super::{Mirror, MirrorError, TrustPolicy, Verified, SMALL_LIMIT};
 use crate::buildcache::checksum::Sha256;
 use crate::buildcache::index;
-use crate::buildcache::spec::SpecNode;
-use crate::buildcache::table::IndexTable;
 use crate::buildcache::layout::{self, Layout};
 use crate::buildcache::manifest::{self, Manifest};
+use crate::buildcache::spec::SpecNode;
+use crate::buildcache::table::IndexTable;
 use crate::install::hashing::HashingReader;
 use crate::transport::{self, pump, ByteStream, Conditional, TransportError};
 
@@ -70,7 +70,7 @@ pub enum IndexRead {
     Unchanged,
     /// The (new) package list.
     Fresh {
-        records: Verified<IndexTable>,
+        records: Box<Verified<IndexTable>>,
         source: IndexSource,
         /// Hashes the index lists as in the build cache whose metadata file the mirror
         /// does not hold (a partial copy); see [`Mirror::lacking`].
@@ -256,7 +256,7 @@ impl Mirror {
         self.clear_absent();
         // Every part's checksum (and signature, when signed) matched.
         Ok(IndexRead::Fresh {
-            records: Verified::new(records),
+            records: Box::new(Verified::new(records)),
             source,
             lacking,
         })
@@ -636,7 +636,7 @@ impl Mirror {
         self.index_state.lock().unwrap().listed = Some(listed);
         // Each package's metadata was verified as a fetch verifies it.
         Ok(IndexRead::Fresh {
-            records: Verified::new(records),
+            records: Box::new(Verified::new(records)),
             source: IndexSource::Listing,
             lacking: HashSet::new(),
         })

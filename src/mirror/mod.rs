@@ -16,10 +16,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::buildcache::checksum::Sha256;
-use crate::buildcache::table::IndexTable;
 use crate::buildcache::layout::{self, Layout};
 use crate::buildcache::manifest::{self, Manifest};
 use crate::buildcache::spec::{SpecDag, SpecNode};
+use crate::buildcache::table::IndexTable;
 use crate::buildcache::FormatError;
 use crate::transport::{BlobStore, ByteStream, TransportError};
 use crate::trust::{Keyring, TrustError};

@@ -75,7 +75,7 @@ impl Mirror {
             .await?;
         Ok((
             IndexRead::Fresh {
-                records: super::Verified::new(records),
+                records: Box::new(super::Verified::new(records)),
                 source: IndexSource::Oci,
                 lacking: Default::default(),
             },
