@@ -28,20 +28,38 @@ pub const V2_INDEX: &str = "build_cache/index.json";
 /// `v3/manifests/spec/<name>/<name>-<version>-<hash>.spec.manifest.json`; a name that
 /// would make an empty or dot component (a hostile index) is refused.
 pub fn v3_spec_manifest(name: &str, version: &str, hash: &str) -> Result<String, FormatError> {
-    let dir = sanitize_component(name);
-    if dir.is_empty() || dir == "." || dir == ".." {
-        return Err(FormatError::invalid(
+    let mut path = String::with_capacity(V3_SPEC_DIR.len() + 2 * name.len() + 80);
+    if v3_spec_manifest_into(&mut path, name, version, hash) {
+        Ok(path)
+    } else {
+        Err(FormatError::invalid(
             format!(
                 "package {:?}",
                 format!("{name}@{version}/{}", super::spec::short_hash(hash))
             ),
             "its name cannot be a path component: refused",
-        ));
+        ))
     }
-    Ok(format!(
-        "{V3_SPEC_DIR}{dir}/{}.spec.manifest.json",
-        sanitize_component(&format!("{name}-{version}-{hash}"))
-    ))
+}
+
+/// [`v3_spec_manifest`] into `path` (cleared first); `false` when the name is refused.
+pub fn v3_spec_manifest_into(path: &mut String, name: &str, version: &str, hash: &str) -> bool {
+    path.clear();
+    path.push_str(V3_SPEC_DIR);
+    super::sanitize_into(name, path);
+    let dir = &path[V3_SPEC_DIR.len()..];
+    if dir.is_empty() || dir == "." || dir == ".." {
+        return false;
+    }
+    path.push('/');
+    for (i, part) in [name, version, hash].into_iter().enumerate() {
+        if i > 0 {
+            path.push('-');
+        }
+        super::sanitize_into(part, path);
+    }
+    path.push_str(".spec.manifest.json");
+    true
 }
 
 /// Parse `(name, version, hash)` from a v3 manifest path found by listing.

@@ -47,13 +47,18 @@ impl FormatError {
 /// Replace every character outside `[A-Za-z0-9_+.-]` by `_`, as Spack does for file names
 /// and projection components.
 pub fn sanitize_component(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '_' | '+' | '.' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+    let mut out = String::with_capacity(s.len());
+    sanitize_into(s, &mut out);
+    out
+}
+
+/// [`sanitize_component`], appended to `out`.
+pub fn sanitize_into(s: &str, out: &mut String) {
+    out.extend(s.chars().map(|c| {
+        if c.is_ascii_alphanumeric() || matches!(c, '_' | '+' | '.' | '-') {
+            c
+        } else {
+            '_'
+        }
+    }));
 }

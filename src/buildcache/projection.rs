@@ -1,6 +1,5 @@
 //! Projections: where a package's prefix lies under an install root (format doc 4.6).
 
-use super::sanitize_component;
 use super::spec::{NodeIdent, SpecDag, SpecNode};
 use super::FormatError;
 
@@ -74,9 +73,10 @@ impl Projection {
         node: NodeIdent<'_>,
         compiler: Option<&(String, String)>,
     ) -> Result<String, FormatError> {
-        let mut path = String::new();
+        let mut path = String::with_capacity(96);
+        let mut out = String::with_capacity(96);
         for part in self.template.split('/') {
-            let mut out = String::new();
+            out.clear();
             let mut rest = part;
             while let Some(open) = rest.find('{') {
                 out.push_str(&rest[..open]);
@@ -91,7 +91,12 @@ impl Projection {
                 rest = &rest[close + 1..];
             }
             out.push_str(rest);
-            let component = sanitize_component(&out);
+            let start = path.len() + usize::from(!path.is_empty());
+            if !path.is_empty() {
+                path.push('/');
+            }
+            super::sanitize_into(&out, &mut path);
+            let component = &path[start..];
             if component.is_empty() || component == "." || component == ".." {
                 return Err(FormatError::invalid(
                     format!("package {:?}", node.display()),
@@ -101,10 +106,6 @@ impl Projection {
                     ),
                 ));
             }
-            if !path.is_empty() {
-                path.push('/');
-            }
-            path.push_str(&component);
         }
         Ok(path)
     }

@@ -189,6 +189,14 @@ impl Packages {
         self.list.len() - 1
     }
 
+    /// Room for `n` more packages.
+    fn reserve(&mut self, n: usize) {
+        self.list.reserve(n);
+        let (list, hasher) = (&self.list, &self.hasher);
+        self.by_hash
+            .reserve(n, |&i| hasher.hash_one(list[i as usize].node.hash()));
+    }
+
     /// Package `i` with `node` in place of its node (same hash): the old one's table can go.
     fn renode(&mut self, i: usize, node: PackageRef) {
         let old = &self.list[i];
@@ -262,8 +270,11 @@ impl LiveCatalog {
         let known = pk.list.len();
         let mut available = vec![false; known];
         let compilers = self.target.projection.uses_compiler();
+        if known == 0 {
+            pk.reserve(ns.len());
+        }
         for e in ns.available() {
-            if let Some(i) = pk.find(e.node.hash()) {
+            if let Some(i) = (known > 0).then(|| pk.find(e.node.hash())).flatten() {
                 if i < known {
                     available[i] = true;
                 }

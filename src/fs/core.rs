@@ -86,11 +86,12 @@ impl FsCore {
     pub fn new(live: Arc<LiveCatalog>, read_mode: ReadMode) -> Self {
         let started = std::time::Instant::now();
         let inodes = Arc::new(Inodes::new());
-        for (i, p) in live.packages().iter().enumerate() {
-            if p.is_listed() {
-                inodes.add_package(&p.rel_path, i);
-            }
-        }
+        let packages = live.packages();
+        inodes.add_packages(
+            (packages.iter().enumerate())
+                .filter(|(_, p)| p.is_listed())
+                .map(|(i, p)| (&*p.rel_path, i)),
+        );
         tracing::debug!("directory tree made in {:?}", started.elapsed());
         let db_ino = inodes.add_path(".spack-db/index.json", Node::SpackDb);
         let db = Arc::new(SpackDb::new(live.store().root().join("index")));
@@ -391,18 +392,7 @@ impl FsCore {
     /// Open directory `ino`: its listing is taken now (a package is made ready first).
     pub async fn opendir(&self, ino: u64) -> Result<u64, Errno> {
         let entries = match self.inodes.get(ino) {
-            Some(Node::Dir { children }) => Arc::new(
-                children
-                    .iter()
-                    .map(|(name, &child)| {
-                        let kind = match self.inodes.get(child) {
-                            Some(Node::File { .. } | Node::SpackDb) => FileType::RegularFile,
-                            _ => FileType::Directory,
-                        };
-                        (child, kind, name.clone())
-                    })
-                    .collect(),
-            ),
+            Some(Node::Dir { .. }) => self.inodes.dir_listing(ino).ok_or(Errno::ENOENT)?,
             Some(Node::Backed { path, pkg }) => {
                 listing(&self.inodes, ino, &path, pkg).map_err(|e| self.stale_or(pkg, e))?
             }
@@ -761,7 +751,7 @@ fn listing(inodes: &Inodes, ino: u64, dir: &Path, pkg: usize) -> Result<Listing,
         let e = e.map_err(|e| e.errno())?;
         let m = e.metadata().map_err(|e| e.errno())?;
         let child = inodes.backed(m.dev(), m.ino(), e.path(), pkg);
-        out.push((child, file_type(&m), e.file_name()));
+        out.push((child, file_type(&m), Arc::<OsStr>::from(e.file_name())));
     }
     out.sort_by(|a, b| a.2.cmp(&b.2));
     let out = Arc::new(out);

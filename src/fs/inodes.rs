@@ -4,19 +4,17 @@
 //! hard links keep one inode.
 
 use std::collections::{BTreeMap, HashMap};
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 /// What an inode is.
 #[derive(Debug, Clone)]
 pub enum Node {
     /// A directory made of other nodes (root, projection levels, `bin`, `.spack-db`).
     /// Shared, so that reading a node never copies a large directory.
-    Dir {
-        children: Arc<BTreeMap<OsString, u64>>,
-    },
+    Dir { dir: Arc<Dir> },
     /// A file held in memory.
     File { data: Arc<Vec<u8>>, mode: u16 },
     /// `.spack-db/index.json` (written on first use, see `fs::spack_db`).
@@ -27,6 +25,46 @@ pub enum Node {
     Backed { path: PathBuf, pkg: usize },
 }
 
+impl Node {
+    fn empty_dir() -> Node {
+        Node::Dir {
+            dir: Arc::default(),
+        }
+    }
+
+    /// The kind of entry it makes in a listing.
+    fn kind(&self) -> fuser::FileType {
+        match self {
+            Node::File { .. } | Node::SpackDb => fuser::FileType::RegularFile,
+            _ => fuser::FileType::Directory,
+        }
+    }
+}
+
+/// A virtual directory: its children by name (each name held once, shared with the
+/// package table), and its listing, made on the first `opendir` and kept until the
+/// directory changes (a copy made to change it starts without one).
+#[derive(Debug, Default)]
+pub struct Dir {
+    children: BTreeMap<Arc<OsStr>, u64>,
+    listing: OnceLock<Listing>,
+}
+
+impl Clone for Dir {
+    fn clone(&self) -> Self {
+        Dir {
+            children: self.children.clone(),
+            listing: OnceLock::new(),
+        }
+    }
+}
+
+impl Dir {
+    pub fn child(&self, name: &OsStr) -> Option<u64> {
+        self.children.get(name).copied()
+    }
+}
+
 /// The leaf of a path being added.
 enum Leaf {
     New(Node),
@@ -34,7 +72,10 @@ enum Leaf {
 }
 
 /// The entries of a directory: (inode, kind, name).
-pub type Listing = Arc<Vec<(u64, fuser::FileType, OsString)>>;
+pub type Listing = Arc<Vec<(u64, fuser::FileType, Arc<OsStr>)>>;
+
+/// Where a package's directory sits: (parent inode, name, inode).
+pub type PackagePlace = (u64, Arc<OsStr>, u64);
 
 /// The inode table.
 #[derive(Default)]
@@ -45,8 +86,8 @@ pub struct Inodes {
     /// Listings of package directories (immutable while the package is cached), by inode,
     /// with the package they belong to.
     listings: RwLock<HashMap<u64, (usize, Listing)>>,
-    /// Where each package's directory sits: (parent inode, name, inode).
-    packages: RwLock<HashMap<usize, (u64, OsString, u64)>>,
+    /// Where each package's directory sits, by package number.
+    packages: RwLock<Vec<Option<PackagePlace>>>,
 }
 
 pub const ROOT: u64 = 1;
@@ -57,12 +98,8 @@ impl Inodes {
         let t = Inodes::default();
         {
             let mut n = t.nodes.write().unwrap();
-            n.push(Node::Dir {
-                children: Arc::default(),
-            }); // index 0: unused
-            n.push(Node::Dir {
-                children: Arc::default(),
-            }); // ROOT
+            n.push(Node::empty_dir()); // index 0: unused
+            n.push(Node::empty_dir()); // ROOT
         }
         t
     }
@@ -84,7 +121,7 @@ impl Inodes {
 
     /// Add `path` ending in `leaf`; returns the leaf's inode and the first entry that did
     /// not exist before as (parent inode, name) — what the kernel may have cached as absent.
-    fn add_path_at(&self, path: &str, leaf: Leaf) -> (u64, Option<(u64, OsString)>) {
+    fn add_path_at(&self, path: &str, leaf: Leaf) -> (u64, Option<(u64, Arc<OsStr>)>) {
         let mut parent = ROOT;
         let mut first_new = None;
         let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
@@ -99,36 +136,97 @@ impl Inodes {
             let ino = match (&leaf, last) {
                 (Leaf::Existing(ino), true) => *ino,
                 (Leaf::New(node), true) => self.push(node.clone()),
-                (_, false) => self.push(Node::Dir {
-                    children: Arc::default(),
-                }),
+                (_, false) => self.push(Node::empty_dir()),
             };
-            if let Some(Node::Dir { children }) =
-                self.nodes.write().unwrap().get_mut(parent as usize)
-            {
-                Arc::make_mut(children).insert(OsString::from(comp), ino);
+            let name: Arc<OsStr> = Arc::from(OsStr::new(comp));
+            if let Some(Node::Dir { dir }) = self.nodes.write().unwrap().get_mut(parent as usize) {
+                Arc::make_mut(dir).children.insert(name.clone(), ino);
             }
-            first_new.get_or_insert((parent, OsString::from(comp)));
+            first_new.get_or_insert((parent, name));
             parent = ino;
         }
         (parent, first_new)
     }
 
+    /// The directory `path` (made with its parents where missing).
+    fn dir_at(&self, path: &str) -> u64 {
+        let mut dir = ROOT;
+        for comp in path.split('/').filter(|c| !c.is_empty()) {
+            dir = match self.child(dir, OsStr::new(comp)) {
+                Some(c) => c,
+                None => {
+                    let ino = self.push(Node::empty_dir());
+                    if let Some(Node::Dir { dir: d }) =
+                        self.nodes.write().unwrap().get_mut(dir as usize)
+                    {
+                        Arc::make_mut(d)
+                            .children
+                            .insert(Arc::from(OsStr::new(comp)), ino);
+                    }
+                    ino
+                }
+            };
+        }
+        dir
+    }
+
+    /// Put the directories of many packages, new to the table, at their paths (a mount's
+    /// first tree): grouped by parent directory, each group's names sorted and its map
+    /// built in one go, without a lock taken per package.
+    pub fn add_packages<'a>(&self, packages: impl Iterator<Item = (&'a str, usize)>) {
+        let mut by_dir: HashMap<&str, Vec<(&str, usize)>> = HashMap::new();
+        let mut most = 0;
+        for (path, pkg) in packages {
+            let path = path.trim_matches('/');
+            let (dir, leaf) = path.rsplit_once('/').unwrap_or(("", path));
+            by_dir.entry(dir).or_default().push((leaf, pkg));
+            most = most.max(pkg + 1);
+        }
+        let mut places = self.packages.write().unwrap();
+        if places.len() < most {
+            places.resize(most, None);
+        }
+        for (dir, mut leaves) in by_dir {
+            let parent = self.dir_at(dir);
+            leaves.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            let mut nodes = self.nodes.write().unwrap();
+            let first = nodes.len() as u64;
+            nodes.extend(leaves.iter().map(|&(_, pkg)| Node::Package { pkg }));
+            let Some(Node::Dir { dir }) = nodes.get_mut(parent as usize) else {
+                continue;
+            };
+            let dir = Arc::make_mut(dir);
+            let named = leaves.iter().enumerate().map(|(k, &(leaf, pkg))| {
+                let name: Arc<OsStr> = Arc::from(OsStr::new(leaf));
+                let ino = first + k as u64;
+                places[pkg] = Some((parent, name.clone(), ino));
+                (name, ino)
+            });
+            if dir.children.is_empty() {
+                // Sorted: the map is built in one pass.
+                dir.children = named.collect();
+            } else {
+                dir.children.extend(named);
+            }
+        }
+    }
+
     /// Put package `pkg`'s directory at `path` (again, with its old inode, if it was there
     /// before). Returns the first new entry, as [`Inodes::add_path_at`].
-    pub fn add_package(&self, path: &str, pkg: usize) -> Option<(u64, OsString)> {
-        let known = self.packages.read().unwrap().get(&pkg).map(|e| e.2);
+    pub fn add_package(&self, path: &str, pkg: usize) -> Option<(u64, Arc<OsStr>)> {
+        let known = self.package_entry(pkg).map(|e| e.2);
         let leaf = match known {
             Some(ino) => Leaf::Existing(ino),
             None => Leaf::New(Node::Package { pkg }),
         };
         let (ino, first_new) = self.add_path_at(path, leaf);
-        let name = path.rsplit('/').next().unwrap_or(path);
+        let name: Arc<OsStr> = Arc::from(OsStr::new(path.rsplit('/').next().unwrap_or(path)));
         let parent = self.parent_of(path);
-        self.packages
-            .write()
-            .unwrap()
-            .insert(pkg, (parent, OsString::from(name), ino));
+        let mut places = self.packages.write().unwrap();
+        if places.len() <= pkg {
+            places.resize(pkg + 1, None);
+        }
+        places[pkg] = Some((parent, name, ino));
         first_new
     }
 
@@ -146,27 +244,51 @@ impl Inodes {
 
     /// Take package `pkg`'s directory out of its parent (its inode stays valid for whoever
     /// holds it). Returns (parent inode, name, inode).
-    pub fn remove_package(&self, pkg: usize) -> Option<(u64, OsString, u64)> {
-        let (parent, name, ino) = self.packages.read().unwrap().get(&pkg).cloned()?;
-        if let Some(Node::Dir { children }) = self.nodes.write().unwrap().get_mut(parent as usize) {
-            if children.get(&name) == Some(&ino) {
-                Arc::make_mut(children).remove(&name);
+    pub fn remove_package(&self, pkg: usize) -> Option<PackagePlace> {
+        let (parent, name, ino) = self.package_entry(pkg)?;
+        if let Some(Node::Dir { dir }) = self.nodes.write().unwrap().get_mut(parent as usize) {
+            if dir.child(&name) == Some(ino) {
+                Arc::make_mut(dir).children.remove(&name);
             }
         }
         Some((parent, name, ino))
     }
 
     /// Where package `pkg`'s directory sits: (parent inode, name, inode).
-    pub fn package_entry(&self, pkg: usize) -> Option<(u64, OsString, u64)> {
-        self.packages.read().unwrap().get(&pkg).cloned()
+    pub fn package_entry(&self, pkg: usize) -> Option<PackagePlace> {
+        self.packages.read().unwrap().get(pkg).cloned().flatten()
     }
 
     /// A virtual directory's child.
     pub fn child(&self, parent: u64, name: &OsStr) -> Option<u64> {
         match self.nodes.read().unwrap().get(parent as usize) {
-            Some(Node::Dir { children }) => children.get(name).copied(),
+            Some(Node::Dir { dir }) => dir.child(name),
             _ => None,
         }
+    }
+
+    /// The listing of virtual directory `ino`, made once (the kind of each child looked up
+    /// then) and kept until the directory changes.
+    pub fn dir_listing(&self, ino: u64) -> Option<Listing> {
+        let dir = match self.get(ino)? {
+            Node::Dir { dir } => dir,
+            _ => return None,
+        };
+        let listing = dir.listing.get_or_init(|| {
+            let nodes = self.nodes.read().unwrap();
+            Arc::new(
+                dir.children
+                    .iter()
+                    .map(|(name, &child)| {
+                        let kind = nodes
+                            .get(child as usize)
+                            .map_or(fuser::FileType::Directory, Node::kind);
+                        (child, kind, name.clone())
+                    })
+                    .collect(),
+            )
+        });
+        Some(listing.clone())
     }
 
     /// Forget which cache files the inodes of package `pkg` stand for (after eviction: the

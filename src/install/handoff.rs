@@ -59,6 +59,11 @@ pub enum Pumped {
 }
 
 impl ChunkSender {
+    /// Hand over `e` in place of the stream: the reader fails with it.
+    pub fn fail(self, e: std::io::Error) {
+        let _ = self.full.send(Err(e));
+    }
+
     /// Read `src` to its end in chunks and hand them over. A read error is handed over as
     /// such (the untar thread reports it as it would its own). The reader sees the end of
     /// the stream once this returns.

@@ -315,6 +315,7 @@ impl Mirror {
         else {
             return HashSet::new();
         };
+        let mut path = String::new();
         let lacking: HashSet<String> = (0..table.len() as u32)
             .filter(|&r| table.in_buildcache(r))
             .map(|r| table.ident(r))
@@ -323,9 +324,8 @@ impl Mirror {
                 // leave the mirror) is not "lacking": it stays offered, so that its first
                 // touch is refused naming why.
                 let in_v3 = v3
-                    && layout::v3_spec_manifest(n.name, n.version, n.hash)
-                        .ok()
-                        .is_none_or(|p| v3_paths.contains(&p));
+                    && (!layout::v3_spec_manifest_into(&mut path, n.name, n.version, n.hash)
+                        || v3_paths.contains(&path));
                 let in_v2 = v2 && v2_hashes.contains(n.hash);
                 !(in_v3 || in_v2)
             })
@@ -485,16 +485,26 @@ impl Mirror {
             // Never more than the manifest announces (one byte more tells it lied).
             let reader = std::io::Read::take(reader, size.map_or(u64::MAX, |s| s + 1));
             let mut hashing = HashingReader::new(reader);
-            let copied = {
+            // This thread reads, hashes (and inflates); another writes the spool.
+            let (chunks, mut written) = crate::install::handoff::handoff();
+            let copied = std::thread::scope(|scope| {
+                let writer = scope.spawn(move || super::spool_in(&dir, &mut written));
                 let mut buf = BufReader::with_capacity(256 * 1024, &mut hashing);
                 match buf.fill_buf() {
                     Ok([0x1f, 0x8b, ..]) => {
-                        super::spool_in(&dir, &mut flate2::bufread::MultiGzDecoder::new(buf))
+                        chunks.pump(&mut flate2::bufread::MultiGzDecoder::new(buf));
                     }
-                    Ok(_) => super::spool_in(&dir, &mut buf),
-                    Err(e) => Err(e),
+                    Ok(_) => {
+                        chunks.pump(&mut buf);
+                    }
+                    Err(e) => {
+                        chunks.fail(e);
+                    }
                 }
-            };
+                writer
+                    .join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("the spool writer panicked")))
+            });
             // Every byte is hashed, even after an error: a corrupt blob says so.
             let finished = hashing.finish();
             (copied, finished)
