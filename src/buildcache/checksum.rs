@@ -1,5 +1,6 @@
 //! A sha256 checksum as the formats carry it (64 hex digits), parsed once where it is read:
-//! compared as bytes everywhere (so case never matters), written in lower case.
+//! compared as bytes everywhere (so case never matters), written in lower case; and the
+//! digest of a file of the cache ([`FileDigest`]).
 
 use std::fmt;
 
@@ -99,5 +100,43 @@ mod tests {
         let j: Sha256 = serde_json::from_str(&format!("\"{}\"", lower.to_uppercase())).unwrap();
         assert_eq!(serde_json::to_string(&j).unwrap(), format!("\"{lower}\""));
         assert!(serde_json::from_str::<Sha256>("\"abc\"").is_err());
+    }
+}
+
+/// The digest of a file's content in the cache: XXH3-128. It tells a file damaged or
+/// changed since it was published (`spackfs cache verify`); it vouches for nothing a mirror
+/// sent, which the tarball's sha256 and the signature did. A non-cryptographic hash is
+/// enough for that (whoever can rewrite a cached file can rewrite its record too) and
+/// costs a fraction of a cryptographic one on the first touch's critical path.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct FileDigest(u128);
+
+impl FileDigest {
+    /// The digest of `data`.
+    pub fn of(data: &[u8]) -> Self {
+        FileDigest(xxhash_rust::xxh3::xxh3_128(data))
+    }
+
+    /// Lower-case hex (32 digits).
+    pub fn hex(&self) -> String {
+        format!("{:032x}", self.0)
+    }
+}
+
+/// A [`FileDigest`] taken as the bytes go by.
+#[derive(Clone, Default)]
+pub struct FileHasher(xxhash_rust::xxh3::Xxh3);
+
+impl FileHasher {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+
+    pub fn finish(&self) -> FileDigest {
+        FileDigest(self.0.digest128())
     }
 }

@@ -22,7 +22,7 @@ use super::hashing::HashingReader;
 use super::inflate::{decoder, LimitReader};
 use super::{InstallError, Limits};
 use crate::buildcache::buildinfo::BuildInfo;
-use crate::buildcache::checksum::Sha256;
+use crate::buildcache::checksum::{FileDigest, FileHasher, Sha256};
 
 /// Spack leaves untouched entries with mtime 0.
 pub fn epoch_times() -> std::fs::FileTimes {
@@ -55,7 +55,7 @@ pub struct Extracted {
     /// BLAKE3 digest of each regular file below the prefix, by path relative to it, taken
     /// as its bytes were written (no second read). Files that hard links name are left out:
     /// a change through one name would leave the other's digest stale.
-    pub digests: HashMap<String, blake3::Hash>,
+    pub digests: HashMap<String, FileDigest>,
     /// sha256 and size of the stored (compressed) blob.
     pub sha256: Sha256,
     pub compressed_bytes: u64,
@@ -114,7 +114,7 @@ struct Member {
     kind: MemberKind,
     mode: u32,
     /// A regular file's content digest.
-    digest: Option<blake3::Hash>,
+    digest: Option<FileDigest>,
 }
 
 /// Untar `input` (the stored blob) into `staging` on two threads: a helper reads, hashes
@@ -362,8 +362,9 @@ fn untar_members(
     };
     let mut archive = tar::Archive::new(input);
     let mut members: Vec<Member> = Vec::new();
-    let mut kinds: HashMap<String, MemberKind> = HashMap::new();
-    let mut symlinks: HashSet<String> = HashSet::new();
+    // Members by name (every member's ancestors are looked up here: a fast hash).
+    let mut kinds: Kinds = Kinds::default();
+    let mut symlinks: hashbrown::HashSet<String> = hashbrown::HashSet::default();
     let mut buf = vec![0u8; 256 * 1024];
     for entry in archive.entries().map_err(tar_err)? {
         let mut entry = entry.map_err(tar_err)?;
@@ -382,8 +383,13 @@ fn untar_members(
             member: name.clone(),
             reason,
         };
-        // Nothing may be written below a symlink (or a file).
-        for (i, _) in name.match_indices('/') {
+        // Nothing may be written below a symlink (or a file). Below a directory member
+        // nothing can be: its own ancestors were checked when it came, and none of them
+        // can be replaced since (a second member of a name is refused).
+        let below_dir = name
+            .rsplit_once('/')
+            .is_some_and(|(parent, _)| kinds.get(parent) == Some(&MemberKind::Dir));
+        for (i, _) in name.match_indices('/').filter(|_| !below_dir) {
             let ancestor = &name[..i];
             if symlinks.contains(ancestor) {
                 return Err(unsafe_member(format!(
@@ -489,12 +495,15 @@ fn untar_members(
     Ok(members)
 }
 
+/// The members extracted so far, by name.
+type Kinds = hashbrown::HashMap<String, MemberKind>;
+
 /// Create the parent directories of `dest` unless the parent is a directory member already
 /// extracted (the common case: Spack lists every directory before its content).
 fn create_parent(
     name: &str,
     dest: &Path,
-    kinds: &HashMap<String, MemberKind>,
+    kinds: &Kinds,
     what: &str,
 ) -> Result<(), InstallError> {
     if name
@@ -516,12 +525,12 @@ fn copy(
     dst: &mut std::fs::File,
     buf: &mut [u8],
     digest: bool,
-) -> std::io::Result<Option<blake3::Hash>> {
+) -> std::io::Result<Option<FileDigest>> {
     use std::io::Write;
-    let mut hasher = digest.then(blake3::Hasher::new);
+    let mut hasher = digest.then(FileHasher::new);
     loop {
         let n = match src.read(buf) {
-            Ok(0) => return Ok(hasher.map(|h| h.finalize())),
+            Ok(0) => return Ok(hasher.map(|h| h.finish())),
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
@@ -831,7 +840,7 @@ mod tests {
             let on_disk = std::fs::read(ex.prefix_dir.join(name)).unwrap();
             assert_eq!(
                 ex.digests.get(name),
-                Some(&blake3::hash(&on_disk)),
+                Some(&FileDigest::of(&on_disk)),
                 "{name}"
             );
         }

@@ -1,27 +1,50 @@
-//! Per-file integrity records of a published prefix: BLAKE3 digest, size and change time of
-//! every regular file, written at publish and checked by `spackfs cache verify` (digests)
-//! and at first use in a process (sizes and change times, cheap).
+//! Per-file integrity records of a published prefix: content digest ([`FileDigest`]), size
+//! and change time of every regular file, written at publish and checked by `spackfs cache
+//! verify` (digests) and at first use in a process (sizes and change times, cheap). Records
+//! written by earlier versions carry a BLAKE3 digest instead: they are still checked.
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+
+use crate::buildcache::checksum::{FileDigest, FileHasher};
 
 /// One regular file of a prefix.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FileRecord {
     pub path: String,
     pub size: u64,
-    pub blake3: String,
+    /// [`FileDigest`] of its content (hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xxh3: Option<String>,
+    /// BLAKE3 of its content (hex): records written before the XXH3 digests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
     /// Change time (seconds, nanoseconds) at publish: any later write changes it.
     pub ctime: (i64, i64),
 }
 
 /// Digest of a file's content.
-pub fn file_digest(path: &Path) -> std::io::Result<String> {
+pub fn file_digest(path: &Path) -> std::io::Result<FileDigest> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = FileHasher::new();
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => return Ok(h.finish()),
+            Ok(n) => h.update(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// BLAKE3 of a file's content (records of earlier versions).
+fn blake3_digest(path: &Path) -> std::io::Result<String> {
     let f = std::fs::File::open(path)?;
-    // blake3's own reader loop (a stack buffer): no zeroed heap buffer per file.
     let mut h = blake3::Hasher::new();
     h.update_reader(f)?;
     Ok(h.finalize().to_hex().to_string())
@@ -32,7 +55,7 @@ pub fn file_digest(path: &Path) -> std::io::Result<String> {
 /// digest; the others are read and hashed.
 pub fn records(
     dir: &Path,
-    known: &HashMap<String, blake3::Hash>,
+    known: &HashMap<String, FileDigest>,
 ) -> std::io::Result<(Vec<FileRecord>, u64)> {
     let mut out = Vec::new();
     let mut usage = 0u64;
@@ -60,12 +83,13 @@ pub fn records(
             if m.is_dir() {
                 stack.push(r);
             } else if m.is_file() {
-                let blake3 = match known.get(&r) {
-                    Some(d) => d.to_hex().to_string(),
+                let digest = match known.get(&r) {
+                    Some(d) => *d,
                     None => file_digest(&e.path())?,
                 };
                 out.push(FileRecord {
-                    blake3,
+                    xxh3: Some(digest.hex()),
+                    blake3: None,
                     path: r,
                     size: m.len(),
                     ctime: (m.ctime(), m.ctime_nsec()),
@@ -98,12 +122,55 @@ pub fn check(dir: &Path, files: &[FileRecord], deep: bool) -> Option<String> {
             return Some(format!("{}: changed after it was published", f.path));
         }
         if deep {
-            match file_digest(&p) {
-                Ok(d) if d == f.blake3 => {}
-                Ok(_) => return Some(format!("{}: content differs from its digest", f.path)),
+            let same = match (&f.xxh3, &f.blake3) {
+                (Some(want), _) => file_digest(&p).map(|d| d.hex() == *want),
+                (None, Some(want)) => blake3_digest(&p).map(|d| d == *want),
+                (None, None) => return Some(format!("{}: no digest recorded", f.path)),
+            };
+            match same {
+                Ok(true) => {}
+                Ok(false) => return Some(format!("{}: content differs from its digest", f.path)),
                 Err(e) => return Some(format!("{}: {e}", f.path)),
             }
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records carry XXH3 digests; records an earlier version wrote (BLAKE3, no `xxh3`
+    /// member) still read and check; either finds a changed content.
+    #[test]
+    fn new_and_earlier_records_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        std::fs::write(&a, b"hello").unwrap();
+        let (recs, _) = records(dir.path(), &HashMap::new()).unwrap();
+        assert_eq!(recs.len(), 1);
+        assert_eq!(recs[0].xxh3, Some(FileDigest::of(b"hello").hex()));
+        assert_eq!(check(dir.path(), &recs, true), None);
+        let (secs, nanos) = recs[0].ctime;
+        let earlier = format!(
+            r#"[{{"path":"a","size":5,"blake3":"{}","ctime":[{secs},{nanos}]}}]"#,
+            blake3::hash(b"hello").to_hex()
+        );
+        let earlier: Vec<FileRecord> = serde_json::from_str(&earlier).unwrap();
+        assert_eq!(earlier[0].xxh3, None);
+        assert_eq!(check(dir.path(), &earlier, true), None);
+        assert_eq!(check(dir.path(), &earlier, false), None);
+        std::fs::write(&a, b"jello").unwrap();
+        for r in [&recs, &earlier] {
+            let why = check(dir.path(), r, true).expect("a changed file is found");
+            assert!(why.contains("differs from its digest"), "{why}");
+        }
+        let none = vec![FileRecord {
+            xxh3: None,
+            blake3: None,
+            ..recs[0].clone()
+        }];
+        assert!(check(dir.path(), &none, true).is_some());
+    }
 }

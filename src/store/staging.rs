@@ -51,7 +51,7 @@ pub struct Relocated {
     prefix: PathBuf,
     /// Content digests of files of the prefix known from extraction (path relative to the
     /// prefix); publishing computes only the others.
-    digests: HashMap<String, blake3::Hash>,
+    digests: HashMap<String, crate::buildcache::checksum::FileDigest>,
 }
 
 impl Relocated {
@@ -60,12 +60,12 @@ impl Relocated {
     }
 
     /// The digests of files whose final bytes were hashed as they were written.
-    pub fn with_digests(mut self, digests: HashMap<String, blake3::Hash>) -> Self {
+    pub fn with_digests(mut self, digests: HashMap<String, crate::buildcache::checksum::FileDigest>) -> Self {
         self.digests = digests;
         self
     }
 
-    pub fn digests(&self) -> &HashMap<String, blake3::Hash> {
+    pub fn digests(&self) -> &HashMap<String, crate::buildcache::checksum::FileDigest> {
         &self.digests
     }
 }

@@ -10,6 +10,8 @@ pub mod map;
 pub mod text;
 
 use std::collections::{HashMap, HashSet};
+
+use crate::buildcache::checksum::FileDigest;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
@@ -29,7 +31,7 @@ pub struct RelocationReport {
     /// Paths (relative to the prefix) whose content or target changed.
     pub changed: HashSet<String>,
     /// BLAKE3 digests of the new content of the regular files that changed.
-    pub digests: HashMap<String, blake3::Hash>,
+    pub digests: HashMap<String, FileDigest>,
 }
 
 /// Check that every listed path is a plain member of the prefix of the right kind.
@@ -165,7 +167,7 @@ impl FileJob {
         map: &RelocationMap,
         digests: bool,
         what: &str,
-    ) -> Result<Option<Option<blake3::Hash>>, InstallError> {
+    ) -> Result<Option<Option<FileDigest>>, InstallError> {
         let mut last = None;
         for (rel, rule) in &self.steps {
             let path = prefix_dir.join(rel);
@@ -230,7 +232,7 @@ fn relocate_text_file(
     map: &RelocationMap,
     digests: bool,
     what: &str,
-) -> Result<Option<Option<blake3::Hash>>, InstallError> {
+) -> Result<Option<Option<FileDigest>>, InstallError> {
     let io = |e| InstallError::io(what, path, e);
     let file = std::fs::File::open(path).map_err(io)?;
     if file.metadata().map_err(io)?.len() == 0 {
@@ -249,7 +251,7 @@ fn relocate_text_file(
         .open(path)
         .map_err(io)?;
     out.write_all(&new).map_err(io)?;
-    Ok(Some(digests.then(|| blake3::hash(&new))))
+    Ok(Some(digests.then(|| FileDigest::of(&new))))
 }
 
 /// The ELF step and the binary rule on one file; `Some` if it changed, with the digest of its
@@ -260,7 +262,7 @@ fn relocate_binary_file(
     map: &RelocationMap,
     digests: bool,
     what: &str,
-) -> Result<Option<Option<blake3::Hash>>, InstallError> {
+) -> Result<Option<Option<FileDigest>>, InstallError> {
     let io = |e| InstallError::io(what, path, e);
     let file = OpenOptions::new()
         .read(true)
@@ -303,5 +305,5 @@ fn relocate_binary_file(
             new: String::from_utf8_lossy(&new).into_owned(),
         },
     })?;
-    Ok((changed_by_elf || n > 0).then(|| digests.then(|| blake3::hash(&data))))
+    Ok((changed_by_elf || n > 0).then(|| digests.then(|| FileDigest::of(&data))))
 }
