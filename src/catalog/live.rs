@@ -15,7 +15,7 @@ use futures::FutureExt;
 use hashbrown::{DefaultHashBuilder, HashTable};
 use tokio::sync::watch;
 
-use super::materialise::{self, Target, Timings};
+use super::materialise::{self, Priority, Target, Timings};
 use super::{Catalog, CatalogError};
 use crate::buildcache::spec::{NodeText, SpecNode};
 use crate::buildcache::table::PackageRef;
@@ -636,6 +636,16 @@ impl LiveCatalog {
     /// Start materialising a package unless it is ready, in flight, or failed recently;
     /// returns the flight to wait on, or the final result.
     pub fn start(self: &Arc<Self>, hash: &str) -> Result<Flight, Result<ReadyPrefix, Failure>> {
+        self.start_as(hash, Priority::Foreground)
+    }
+
+    /// [`LiveCatalog::start`], the work done at `priority` (a flight keeps the priority it
+    /// started with).
+    fn start_as(
+        self: &Arc<Self>,
+        hash: &str,
+        priority: Priority,
+    ) -> Result<Flight, Result<ReadyPrefix, Failure>> {
         let mut slots = self.slots.lock().unwrap();
         let attempts = match slots.get(hash) {
             Some(Slot::Idle(State::Ready { prefix, .. })) => return Err(Ok(prefix.clone())),
@@ -653,7 +663,7 @@ impl LiveCatalog {
         slots.insert(hash.to_string(), Slot::InFlight(rx.clone()));
         let this = self.clone();
         let hash = hash.to_string();
-        tokio::spawn(async move { this.run(hash, attempts, tx).await });
+        tokio::spawn(async move { this.run(hash, attempts, priority, tx).await });
         Ok(rx)
     }
 
@@ -681,6 +691,7 @@ impl LiveCatalog {
         self: Arc<Self>,
         hash: String,
         attempts: u32,
+        priority: Priority,
         tx: watch::Sender<Option<Result<ReadyPrefix, Failure>>>,
     ) {
         let package = self.index_of(&hash).and_then(|i| self.package(i));
@@ -705,7 +716,7 @@ impl LiveCatalog {
         // this package like any other: it must not leave the package in flight forever.
         let materialised = async {
             match &node {
-                Ok(node) => self.materialise(node).await,
+                Ok(node) => self.materialise(node, priority).await,
                 Err(_) => Err(CatalogError::Internal {
                     package: shown.clone(),
                     message: "no spec".into(),
@@ -771,7 +782,11 @@ impl LiveCatalog {
         }));
     }
 
-    async fn materialise(self: &Arc<Self>, node: &SpecNode) -> Result<State, CatalogError> {
+    async fn materialise(
+        self: &Arc<Self>,
+        node: &SpecNode,
+        priority: Priority,
+    ) -> Result<State, CatalogError> {
         let start = Instant::now();
         // A prefix made earlier for this root needs no mirror access (offline remounts).
         let projection = self.target.projection.template().to_string();
@@ -860,6 +875,7 @@ impl LiveCatalog {
                             }
                         })
                     }),
+                    priority,
                 )
                 .await?;
                 let mut timings = done.timings.clone();
@@ -889,7 +905,7 @@ impl LiveCatalog {
     fn start_deps(self: &Arc<Self>, node: &SpecNode) {
         for e in &node.deps {
             if (e.is("link") || e.is("run")) && self.index_of(&e.hash).is_some() {
-                let _ = self.start(&e.hash);
+                let _ = self.start_as(&e.hash, Priority::Background);
             }
         }
     }

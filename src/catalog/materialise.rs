@@ -182,6 +182,7 @@ pub async fn install_one(
                     staging::publish_at(relocated, &dest)
                         .map_err(|e| InstallError::io(&what, &dest, e))
                 }),
+                Priority::Foreground,
             )
             .await?;
             let mut timings = done.timings.clone();
@@ -213,6 +214,57 @@ pub fn format_error(mirror: &Mirror, source: crate::buildcache::FormatError) -> 
 /// prefixes, so that publishing is a rename).
 pub const STAGING: &str = ".spackfs-staging";
 
+/// How urgently a package is wanted: by a process waiting for it (first), or because a
+/// package being made needs it (on the CPU time the waiting ones leave).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    Foreground,
+    Background,
+}
+
+impl Priority {
+    /// Run blocking `work` at this priority: on the blocking pool, or on a thread of its
+    /// own whose scheduling priority is lowered first (nice ~10: it takes what the
+    /// foreground work leaves, and all of the CPU when nothing else runs; the threads it
+    /// starts inherit the priority). A thread whose priority cannot be changed runs it as
+    /// it is.
+    async fn run<T: Send + 'static>(
+        self,
+        what: &str,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, String> {
+        match self {
+            Priority::Foreground => tokio::task::spawn_blocking(work)
+                .await
+                .map_err(|e| e.to_string()),
+            Priority::Background => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                std::thread::Builder::new()
+                    .name("spackfs-deps".into())
+                    .spawn(move || {
+                        use thread_priority::{
+                            set_thread_priority_and_policy, thread_native_id,
+                            NormalThreadSchedulePolicy, ThreadPriority, ThreadPriorityValue,
+                            ThreadSchedulePolicy,
+                        };
+                        // 23 of 0..=99 maps to a niceness of 9.
+                        if let Ok(low) = ThreadPriorityValue::try_from(23u8) {
+                            let _ = set_thread_priority_and_policy(
+                                thread_native_id(),
+                                ThreadPriority::Crossplatform(low),
+                                ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other),
+                            );
+                        }
+                        let _ = tx.send(work());
+                    })
+                    .map_err(|e| format!("{what}: cannot start a thread: {e}"))?;
+                rx.await
+                    .map_err(|_| format!("{what}: the install thread ended without a result"))
+            }
+        }
+    }
+}
+
 /// Publishes a relocated prefix (into the cache, or at its place under an install root).
 pub type Publish = Box<dyn FnOnce(Relocated) -> Result<Published, InstallError> + Send>;
 
@@ -227,6 +279,7 @@ pub async fn materialise(
     target: &Target,
     staging: Staging,
     publish: Publish,
+    priority: Priority,
 ) -> Result<Done, CatalogError> {
     let package = meta.node().display();
     tracing::debug!(
@@ -252,7 +305,7 @@ pub async fn materialise(
         publish,
         what: package.clone(),
     };
-    let result = match tokio::task::spawn_blocking(move || job.run(reader)).await {
+    let result = match priority.run(&package, move || job.run(reader)).await {
         Ok(r) => r,
         Err(e) => Err(InstallError::Layout {
             what: package.clone(),

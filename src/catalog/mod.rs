@@ -639,7 +639,13 @@ impl Catalog {
             for (node, parent, meta) in metas {
                 // Dependencies come from the package's own spec DAG.
                 let dag = match meta {
-                    Ok(m) => m.into_inner().dag,
+                    Ok(m) => {
+                        let m = m.into_inner();
+                        if let Some(size) = m.tarball_size {
+                            out.sizes.insert(node.hash.clone(), size);
+                        }
+                        m.dag
+                    }
                     Err(e) if parent.is_some() && e.is_absent() => {
                         out.skipped
                             .push((node.display(), parent, "not in the mirrors".into()));
@@ -703,6 +709,8 @@ pub struct Closure {
     /// Hashes to install.
     pub order: Vec<String>,
     pub nodes: HashMap<String, Arc<SpecNode>>,
+    /// Tarball sizes (compressed), where the metadata gives them.
+    pub sizes: HashMap<String, u64>,
     /// (package, needed by, why) for externals and dependencies the mirrors lack.
     pub skipped: Vec<(String, Option<String>, String)>,
     /// Packages whose metadata could not be read or trusted.

@@ -289,11 +289,12 @@ pub(crate) async fn install(
     for (_, e) in &closure.failed {
         tracing::error!("{e}");
     }
-    let nodes: Vec<_> = closure
-        .order
-        .iter()
-        .map(|h| closure.nodes[h].clone())
-        .collect();
+    // Largest first: the longest pipeline starts at once and the small ones fill the
+    // other slots around it (otherwise the biggest package, started last, is all the
+    // install waits for at the end).
+    let mut order = closure.order.clone();
+    order.sort_by_key(|h| std::cmp::Reverse(closure.sizes.get(h).copied().unwrap_or(0)));
+    let nodes: Vec<_> = order.iter().map(|h| closure.nodes[h].clone()).collect();
     let target = Target::new(root_str, projection, limits);
     let progress = Arc::new(Progress::new("installing", nodes.len()));
     let shown = progress.clone();

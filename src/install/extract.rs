@@ -12,7 +12,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::OpenOptions;
 use std::io::{BufReader, Read};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use tar::EntryType;
@@ -20,6 +20,7 @@ use tar::EntryType;
 use super::handoff::{handoff, ChunkSender};
 use super::hashing::HashingReader;
 use super::inflate::{decoder, LimitReader};
+use super::writers::{set_mode_and_times, Writers, MAX_HANDED};
 use super::{InstallError, Limits};
 use crate::buildcache::buildinfo::BuildInfo;
 use crate::buildcache::checksum::{FileDigest, FileHasher, Sha256};
@@ -117,10 +118,11 @@ struct Member {
     digest: Option<FileDigest>,
 }
 
-/// Untar `input` (the stored blob) into `staging` on two threads: a helper reads, hashes
-/// and inflates the blob; this thread reads the inflated stream from a bounded hand-off and
-/// creates the files, hashing each as it is written. A single large package so keeps two
-/// cores busy. Returns what the inflater saw (`Err`: the blob could not be read) and the
+/// Untar `input` (the stored blob) into `staging` on several threads: a helper reads,
+/// hashes and inflates the blob; this thread reads the inflated stream from a bounded
+/// hand-off, checks every member and creates directories, links and large files; small
+/// files go, with their bytes, to writer threads that create and digest them
+/// ([`super::writers`]). A single large package so keeps the cores busy. Returns what the inflater saw (`Err`: the blob could not be read) and the
 /// members extracted.
 fn untar(
     input: impl Read + Send,
@@ -138,7 +140,8 @@ fn untar(
             Ok(h) => h,
             Err(e) => return (Err(e), Ok(Vec::new())),
         };
-        let result = untar_members(&mut rx, staging, digests, what);
+        let writers = Writers::start(scope, writer_threads());
+        let result = untar_members(&mut rx, staging, digests, what, writers);
         // Hanging up stops the inflater at its next chunk; it hashes the rest of the blob.
         drop(rx);
         let inflated = inflater
@@ -355,13 +358,54 @@ fn untar_members(
     staging: &Path,
     digests: bool,
     what: &str,
+    mut writers: Writers,
 ) -> Result<Vec<Member>, InstallError> {
+    let mut members = Vec::new();
+    let result = untar_each(input, staging, digests, what, &mut writers, &mut members);
+    // A file the writers failed on before the member the untar stopped at (if it did) is
+    // the error: the one a member-by-member untar would have met first.
+    let reached = if result.is_ok() {
+        usize::MAX
+    } else {
+        members.len()
+    };
+    match (writers.finish(reached), result) {
+        (Err((_, dest, e)), _) => Err(map_copy_err(e, what, &dest)),
+        (Ok(_), Err(e)) => Err(e),
+        (Ok(written), Ok(())) => {
+            for (i, d) in written {
+                if let Some(m) = members.get_mut(i) {
+                    m.digest = d;
+                }
+            }
+            Ok(members)
+        }
+    }
+}
+
+/// How many writer threads an extraction gets: one per core beside the inflating and
+/// untar threads' own, at least one (two cores: the three share them), at most four.
+fn writer_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get().saturating_sub(2))
+        .clamp(1, 4)
+}
+
+/// The untar loop: members checked and created in order (small files handed to
+/// `writers`), each recorded in `members` once done or handed over.
+fn untar_each(
+    input: &mut impl Read,
+    staging: &Path,
+    digests: bool,
+    what: &str,
+    writers: &mut Writers,
+    members: &mut Vec<Member>,
+) -> Result<(), InstallError> {
     let tar_err = |e: std::io::Error| InstallError::Tar {
         what: what.to_string(),
         message: e.to_string(),
     };
     let mut archive = tar::Archive::new(input);
-    let mut members: Vec<Member> = Vec::new();
     // Members by name (every member's ancestors are looked up here: a fast hash).
     let mut kinds: Kinds = Kinds::default();
     let mut symlinks: hashbrown::HashSet<String> = hashbrown::HashSet::default();
@@ -428,18 +472,28 @@ fn untar_members(
                 create_parent(&name, &dest, &kinds, what)?;
                 // Created with its final mode (plus owner read/write, for relocation) and
                 // Spack's epoch mtime; relocation's writes give changed files a new one.
-                let mut f = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .mode(mode | 0o600)
-                    .open(&dest)
-                    .map_err(|e| InstallError::io(what, &dest, e))?;
-                digest = copy(&mut entry, &mut f, &mut buf, digests)
-                    .map_err(|e| map_copy_err(e, what, &dest))?;
-                f.set_permissions(std::fs::Permissions::from_mode(mode | 0o600))
-                    .and_then(|()| f.set_times(epoch_times()))
-                    .map_err(|e| InstallError::io(what, &dest, e))?;
+                let size = entry.size();
+                if writers.enabled() && size <= MAX_HANDED {
+                    let mut data = Vec::with_capacity(size as usize);
+                    entry
+                        .read_to_end(&mut data)
+                        .map_err(|e| map_copy_err(e, what, &dest))?;
+                    writers
+                        .write(members.len(), dest, data, mode, digests)
+                        .map_err(|(p, e)| map_copy_err(e, what, &p))?;
+                } else {
+                    let mut f = OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .custom_flags(libc::O_NOFOLLOW)
+                        .mode(mode | 0o600)
+                        .open(&dest)
+                        .map_err(|e| InstallError::io(what, &dest, e))?;
+                    digest = copy(&mut entry, &mut f, &mut buf, digests)
+                        .map_err(|e| map_copy_err(e, what, &dest))?;
+                    set_mode_and_times(&f, mode | 0o600)
+                        .map_err(|e| InstallError::io(what, &dest, e))?;
+                }
                 MemberKind::File
             }
             EntryType::Symlink => {
@@ -475,6 +529,10 @@ fn untar_members(
                 }
                 create_parent(&name, &dest, &kinds, what)?;
                 let src = staging.join(&target);
+                // Its target may still be with the writers.
+                writers
+                    .wait()
+                    .map_err(|(p, e)| map_copy_err(e, what, &p))?;
                 std::fs::hard_link(&src, &dest).map_err(|e| InstallError::io(what, &dest, e))?;
                 MemberKind::HardLink(target)
             }
@@ -492,7 +550,7 @@ fn untar_members(
             digest,
         });
     }
-    Ok(members)
+    Ok(())
 }
 
 /// The members extracted so far, by name.
@@ -500,12 +558,7 @@ type Kinds = hashbrown::HashMap<String, MemberKind>;
 
 /// Create the parent directories of `dest` unless the parent is a directory member already
 /// extracted (the common case: Spack lists every directory before its content).
-fn create_parent(
-    name: &str,
-    dest: &Path,
-    kinds: &Kinds,
-    what: &str,
-) -> Result<(), InstallError> {
+fn create_parent(name: &str, dest: &Path, kinds: &Kinds, what: &str) -> Result<(), InstallError> {
     if name
         .rsplit_once('/')
         .is_some_and(|(parent, _)| kinds.get(parent) == Some(&MemberKind::Dir))

@@ -8,6 +8,7 @@ pub mod handoff;
 pub mod hashing;
 pub mod inflate;
 pub mod relocate;
+pub mod writers;
 
 use std::path::PathBuf;
 

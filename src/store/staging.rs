@@ -60,7 +60,10 @@ impl Relocated {
     }
 
     /// The digests of files whose final bytes were hashed as they were written.
-    pub fn with_digests(mut self, digests: HashMap<String, crate::buildcache::checksum::FileDigest>) -> Self {
+    pub fn with_digests(
+        mut self,
+        digests: HashMap<String, crate::buildcache::checksum::FileDigest>,
+    ) -> Self {
         self.digests = digests;
         self
     }
