@@ -717,18 +717,29 @@ impl PackageRef {
         Arc::ptr_eq(&self.table, &other.table)
     }
 
-    /// The same package in a table of its own (so that a package kept after its index
-    /// was replaced does not keep the whole old table); itself when its spec cannot be
-    /// read.
+    /// The same package in a table of its own, its JSON held as a value (so that a package
+    /// kept after its index was replaced keeps neither the old table nor the old index's
+    /// copy on disk); itself when its spec cannot be read.
     pub fn detached(&self) -> PackageRef {
-        if self.table.len() == 1 {
+        if self.table.len() == 1 && self.table.spools.is_empty() {
             return self.clone();
         }
         let mut b = TableBuilder::new();
-        match self
-            .spec()
-            .and_then(|node| b.push_node(&node, self.in_buildcache()))
-        {
+        let copied = self.spec().and_then(|mut node| {
+            if let RawSpec::Spooled { .. } = node.raw {
+                let mut json = Vec::new();
+                self.write_spec(&mut json)
+                    .map_err(|e| FormatError::invalid(self.display(), e.to_string()))?;
+                let value: Value =
+                    serde_json::from_slice(&json).map_err(|source| FormatError::Json {
+                        what: self.display(),
+                        source,
+                    })?;
+                node.raw = RawSpec::Value(Arc::new(value));
+            }
+            b.push_node(&node, self.in_buildcache())
+        });
+        match copied {
             Ok(()) => IndexTable::package(&Arc::new(b.finish()), 0),
             Err(_) => self.clone(),
         }
@@ -797,5 +808,27 @@ mod tests {
         let d = p.detached();
         assert_eq!(d.spec().unwrap().deps, a.deps);
         assert!(!d.is_in(&t));
+    }
+
+    /// A package of an index's table, detached, keeps neither the table nor the index's
+    /// spool, and writes the same JSON; its edges, read from its spec, come along.
+    #[test]
+    fn a_detached_package_keeps_nothing_of_its_index() {
+        let db = br#"{"database":{"version":"8","installs":{
+            "aaa":{"spec":{"name":"a","version":"1","hash":"zzz","dependencies":[{"name":"b","hash":"bbb","parameters":{"deptypes":["link"],"virtuals":[]}}]},"in_buildcache":true},
+            "bbb":{"spec":{"name":"b","version":"2","hash":"bbb"},"in_buildcache":true}}}}"#;
+        let t = Arc::new(super::super::index::parse(db, "t").unwrap());
+        let a = IndexTable::package(&t, 0);
+        let d = a.detached();
+        assert!(!d.is_in(&t) && d.table.spools.is_empty() && d.table.len() == 1);
+        let json = |p: &PackageRef| {
+            let mut out = Vec::new();
+            p.write_spec(&mut out).unwrap();
+            serde_json::from_slice::<Value>(&out).unwrap()
+        };
+        assert_eq!(json(&d), json(&a));
+        assert_eq!(json(&d)["hash"], "aaa");
+        assert_eq!(d.deps().unwrap(), a.deps().unwrap());
+        assert_eq!(d.deps().unwrap()[0].hash.as_ref(), "bbb");
     }
 }
