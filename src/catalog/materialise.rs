@@ -14,7 +14,7 @@ use crate::install::relocate::map::RelocationMap;
 use crate::install::{self, InstallError, Limits};
 use crate::mirror::{Mirror, MirrorError};
 use crate::store::staging::{self, Published, ReadyPrefix, Relocated, Staging};
-use crate::transport::pump::pump;
+use crate::transport::pump;
 
 /// Where packages already have their place under the root (a mount's listing): relocation
 /// must point at exactly those places, so they are looked up, not formatted again.
@@ -270,9 +270,9 @@ pub type Publish = Box<dyn FnOnce(Relocated) -> Result<Published, InstallError> 
 
 /// Stream, verify, extract and relocate a package from `mirror` for `target` in `staging`
 /// (on the file system of its destination), then hand the finished prefix to `publish`.
-/// The tarball is pumped from the transport into the blocking pipeline with read-ahead;
-/// when the stream breaks, the error is the transport's (the mirror's), whatever the
-/// pipeline made of the missing bytes.
+/// The tarball is pumped from a remote transport into the blocking pipeline with read-ahead
+/// (a local file is read by the pipeline itself); when the stream breaks, the error is the
+/// transport's (the mirror's), whatever the pipeline made of the missing bytes.
 pub async fn materialise(
     mirror: &Mirror,
     meta: &Verified<PackageMeta>,
@@ -293,11 +293,11 @@ pub async fn materialise(
         source: Box::new(source),
     };
     let asked = std::time::Instant::now();
-    let stream = mirror.tarball(meta).await.map_err(blob_err)?;
+    let object = mirror.tarball(meta).await.map_err(blob_err)?;
     let metrics = crate::metrics::global();
     metrics.fetch_latency(mirror.url(), "tarball", asked.elapsed());
     metrics.blobs_fetched.inc();
-    let (reader, failure) = pump(stream, mirror.url(), &meta.tarball_path);
+    let (reader, failure) = pump::reader(object, mirror.url(), &meta.tarball_path);
     let job = Job {
         meta: meta.clone(),
         target: target.clone(),

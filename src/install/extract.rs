@@ -11,13 +11,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::OpenOptions;
-use std::io::{BufReader, Read};
+use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use tar::EntryType;
 
-use super::handoff::{handoff, ChunkSender};
+use super::handoff::{handoff, ChunkReader, ChunkSender};
 use super::hashing::HashingReader;
 use super::inflate::{decoder, LimitReader};
 use super::writers::{set_mode_and_times, Writers, MAX_HANDED};
@@ -118,12 +118,13 @@ struct Member {
     digest: Option<FileDigest>,
 }
 
-/// Untar `input` (the stored blob) into `staging` on several threads: a helper reads,
-/// hashes and inflates the blob; this thread reads the inflated stream from a bounded
+/// Untar `input` (the stored blob) into `staging` on several threads: one reads and hashes
+/// the blob, one inflates it, and this thread reads the inflated stream from a bounded
 /// hand-off, checks every member and creates directories, links and large files; small
 /// files go, with their bytes, to writer threads that create and digest them
-/// ([`super::writers`]). A single large package so keeps the cores busy. Returns what the inflater saw (`Err`: the blob could not be read) and the
-/// members extracted.
+/// ([`super::writers`]). A single large package so keeps the cores busy, and the hash is
+/// not on the inflater's path. Returns what the reading and inflating threads saw (`Err`:
+/// the blob could not be read) and the members extracted.
 fn untar(
     input: impl Read + Send,
     staging: &Path,
@@ -132,21 +133,48 @@ fn untar(
     what: &str,
 ) -> (std::io::Result<Inflated>, Result<Vec<Member>, InstallError>) {
     std::thread::scope(|scope| {
+        let (blob_tx, blob_rx) = handoff();
+        let reader = std::thread::Builder::new()
+            .name("spackfs-read".into())
+            .spawn_scoped(scope, move || {
+                let mut hashing = HashingReader::new(input);
+                blob_tx.pump(&mut hashing);
+                // The inflater may have stopped early: the rest is hashed all the same (a
+                // corrupt blob is reported as such).
+                hashing.finish()
+            });
+        let reader = match reader {
+            Ok(h) => h,
+            Err(e) => return (Err(e), Ok(Vec::new())),
+        };
         let (tx, mut rx) = handoff();
         let inflater = std::thread::Builder::new()
             .name("spackfs-inflate".into())
-            .spawn_scoped(scope, move || inflate(input, limits, tx));
+            .spawn_scoped(scope, move || inflate(blob_rx, limits, tx));
         let inflater = match inflater {
             Ok(h) => h,
             Err(e) => return (Err(e), Ok(Vec::new())),
         };
         let writers = Writers::start(scope, writer_threads());
         let result = untar_members(&mut rx, staging, digests, what, writers);
-        // Hanging up stops the inflater at its next chunk; it hashes the rest of the blob.
+        // Hanging up stops the inflater at its next chunk, which stops the reader's pump.
         drop(rx);
-        let inflated = inflater
+        let decoded = inflater
             .join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("the inflating thread panicked")));
+            .map_err(|_| std::io::Error::other("the inflating thread panicked"));
+        let read = reader
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the reading thread panicked")));
+        let inflated = read.and_then(|(sha256, compressed_bytes)| {
+            let decoded = decoded?;
+            Ok(Inflated {
+                sha256,
+                compressed_bytes,
+                unpacked_bytes: decoded.unpacked_bytes,
+                compression_error: decoded.compression_error,
+                exceeded: decoded.exceeded,
+            })
+        });
         (inflated, result)
     })
 }
@@ -190,30 +218,30 @@ impl Inflated {
     }
 }
 
-/// The inflating thread: hash and inflate `input`, watching the tar headers as they pass,
-/// and hand the tar stream to the untar thread through `tx`. An `Err` is a failure to read
-/// the blob itself.
-fn inflate(input: impl Read, limits: Limits, tx: ChunkSender) -> std::io::Result<Inflated> {
-    let mut hashing = HashingReader::new(input);
-    let (compression_error, exceeded, unpacked_bytes) = {
-        let buffered = BufReader::with_capacity(256 * 1024, &mut hashing);
-        match decoder(buffered) {
-            Err(found) => (Some(found), false, 0),
-            Ok(inflated) => {
-                let mut limited = LimitReader::new(inflated, limits.max_unpacked);
-                tx.pump(&mut HeaderGuard::new(&mut limited));
-                (None, limited.exceeded(), limited.total())
-            }
+/// What the inflating thread saw of the stream.
+struct Decoded {
+    unpacked_bytes: u64,
+    compression_error: Option<String>,
+    exceeded: bool,
+}
+
+/// The inflating thread: inflate the blob coming through `input`, watching the tar headers
+/// as they pass, and hand the tar stream to the untar thread through `tx`. (A failure to
+/// read the blob is the reading thread's to report.)
+fn inflate(input: ChunkReader, limits: Limits, tx: ChunkSender) -> Decoded {
+    let (compression_error, exceeded, unpacked_bytes) = match decoder(input) {
+        Err(found) => (Some(found), false, 0),
+        Ok(inflated) => {
+            let mut limited = LimitReader::new(inflated, limits.max_unpacked);
+            tx.pump(&mut HeaderGuard::new(&mut limited));
+            (None, limited.exceeded(), limited.total())
         }
     };
-    let (sha256, compressed_bytes) = hashing.finish()?;
-    Ok(Inflated {
-        sha256,
-        compressed_bytes,
+    Decoded {
         unpacked_bytes,
         compression_error,
         exceeded,
-    })
+    }
 }
 
 /// The longest extension header (pax `x`/`g`, GNU `L`/`K`) a tarball may have: the `tar`
@@ -354,7 +382,7 @@ impl<R: Read> Read for HeaderGuard<R> {
 }
 
 fn untar_members(
-    input: &mut impl Read,
+    input: &mut (impl Read + std::io::Seek),
     staging: &Path,
     digests: bool,
     what: &str,
@@ -394,7 +422,7 @@ fn writer_threads() -> usize {
 /// The untar loop: members checked and created in order (small files handed to
 /// `writers`), each recorded in `members` once done or handed over.
 fn untar_each(
-    input: &mut impl Read,
+    input: &mut (impl Read + std::io::Seek),
     staging: &Path,
     digests: bool,
     what: &str,
@@ -406,11 +434,12 @@ fn untar_each(
         message: e.to_string(),
     };
     let mut archive = tar::Archive::new(input);
+    // Seeking forward skips padding and unread data without copying it through a buffer.
     // Members by name (every member's ancestors are looked up here: a fast hash).
     let mut kinds: Kinds = Kinds::default();
     let mut symlinks: hashbrown::HashSet<String> = hashbrown::HashSet::default();
     let mut buf = vec![0u8; 256 * 1024];
-    for entry in archive.entries().map_err(tar_err)? {
+    for entry in archive.entries_with_seek().map_err(tar_err)? {
         let mut entry = entry.map_err(tar_err)?;
         let etype = entry.header().entry_type();
         if matches!(etype, EntryType::XGlobalHeader) {
@@ -474,12 +503,13 @@ fn untar_each(
                 // Spack's epoch mtime; relocation's writes give changed files a new one.
                 let size = entry.size();
                 if writers.enabled() && size <= MAX_HANDED {
-                    let mut data = Vec::with_capacity(size as usize);
+                    let len = size as usize;
+                    let mut data = writers.buffer(len);
                     entry
-                        .read_to_end(&mut data)
+                        .read_exact(&mut data[..len])
                         .map_err(|e| map_copy_err(e, what, &dest))?;
                     writers
-                        .write(members.len(), dest, data, mode, digests)
+                        .write(members.len(), dest, data, len, mode, digests)
                         .map_err(|(p, e)| map_copy_err(e, what, &p))?;
                 } else {
                     let mut f = OpenOptions::new()

@@ -1,10 +1,10 @@
-//! The bounded hand-off between the two threads that extract one package: the inflating
-//! thread reads the blob (hashing it) and inflates it into chunks; the untar thread reads
-//! those chunks as one stream and creates the files. A few chunks are in flight at most, and
+//! The bounded hand-off between two threads of one extraction, as a stream of chunks: the
+//! reading thread hands the blob (hashed as it passes) to the inflating thread, which hands
+//! the inflated tar stream to the untar thread that creates the files. A few chunks are in flight at most, and
 //! drained chunks go back to the inflater to be filled again, so memory stays bounded and
 //! nothing is allocated per chunk once the pipeline runs.
 
-use std::io::Read;
+use std::io::{BufRead, Read};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 
 /// Bytes per chunk.
@@ -26,6 +26,8 @@ pub struct ChunkReader {
     current: Vec<u8>,
     pos: usize,
     ended: bool,
+    /// Bytes of the stream consumed so far.
+    consumed: u64,
 }
 
 /// A connected pair.
@@ -43,6 +45,7 @@ pub fn handoff() -> (ChunkSender, ChunkReader) {
             current: Vec::new(),
             pos: 0,
             ended: false,
+            consumed: 0,
         },
     )
 }
@@ -111,15 +114,10 @@ impl ChunkSender {
     }
 }
 
-impl Read for ChunkReader {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        if out.is_empty() {
-            return Ok(0);
-        }
-        while self.pos == self.current.len() {
-            if self.ended {
-                return Ok(0);
-            }
+impl ChunkReader {
+    /// Make the current chunk one with bytes left, unless the stream ended.
+    fn next_chunk(&mut self) -> std::io::Result<()> {
+        while self.pos == self.current.len() && !self.ended {
             match self.full.recv() {
                 Ok(Ok(next)) => {
                     let done = std::mem::replace(&mut self.current, next);
@@ -132,16 +130,72 @@ impl Read for ChunkReader {
                     self.ended = true;
                     return Err(e);
                 }
-                Err(_) => {
-                    self.ended = true;
-                    return Ok(0);
-                }
+                Err(_) => self.ended = true,
             }
         }
-        let n = out.len().min(self.current.len() - self.pos);
-        out[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
-        self.pos += n;
+        Ok(())
+    }
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        let n = {
+            let available = self.fill_buf()?;
+            let n = out.len().min(available.len());
+            out[..n].copy_from_slice(&available[..n]);
+            n
+        };
+        self.consume(n);
         Ok(n)
+    }
+}
+
+/// The chunks are the buffer: a decoder reading through `BufRead` takes its input straight
+/// from them.
+impl BufRead for ChunkReader {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        self.next_chunk()?;
+        Ok(&self.current[self.pos..])
+    }
+
+    fn consume(&mut self, amt: usize) {
+        let amt = amt.min(self.current.len() - self.pos);
+        self.pos += amt;
+        self.consumed += amt as u64;
+    }
+}
+
+/// Seeking forward skips bytes without copying them (the `tar` crate skips a member's
+/// padding, or data nobody read, so); the position is the bytes consumed. Nothing else can
+/// be sought: the stream goes one way.
+impl std::io::Seek for ChunkReader {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        let mut skip = match to {
+            std::io::SeekFrom::Current(n) if n >= 0 => n as u64,
+            std::io::SeekFrom::Start(n) if n >= self.consumed => n - self.consumed,
+            _ => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::Unsupported,
+                    "the inflated stream can only be skipped forward",
+                ))
+            }
+        };
+        while skip > 0 {
+            let available = self.fill_buf()?.len();
+            if available == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the stream ended within a skip",
+                ));
+            }
+            let n = available.min(usize::try_from(skip).unwrap_or(usize::MAX));
+            self.consume(n);
+            skip -= n as u64;
+        }
+        Ok(self.consumed)
     }
 }
 
@@ -185,6 +239,31 @@ mod tests {
             rx.read_to_end(&mut got).unwrap();
             assert_eq!(h.join().unwrap(), Pumped::End);
             assert!(got == *data, "the stream arrived changed");
+        });
+    }
+
+    #[test]
+    fn skipping_forward_drops_bytes_and_keeps_the_position() {
+        use std::io::{Seek, SeekFrom};
+        let data = pattern(3 * CHUNK + 777);
+        let (tx, mut rx) = handoff();
+        std::thread::scope(|s| {
+            let data = &data;
+            let h = s.spawn(move || tx.pump(&mut Trickle { data, fail: false }));
+            let mut head = [0u8; 10];
+            rx.read_exact(&mut head).unwrap();
+            assert_eq!(rx.stream_position().unwrap(), 10);
+            let to = CHUNK as u64 * 2 + 5;
+            assert_eq!(rx.seek(SeekFrom::Current(to as i64 - 10)).unwrap(), to);
+            let mut next = [0u8; 100];
+            rx.read_exact(&mut next).unwrap();
+            assert!(next[..] == data[to as usize..to as usize + 100]);
+            assert!(rx.seek(SeekFrom::Current(-1)).is_err());
+            assert!(rx.seek(SeekFrom::Start(0)).is_err());
+            let left = data.len() as u64 - to - 100;
+            let err = rx.seek(SeekFrom::Current(left as i64 + 1)).unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+            assert_eq!(h.join().unwrap(), Pumped::End);
         });
     }
 

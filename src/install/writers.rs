@@ -1,9 +1,11 @@
 //! The file writers of an extraction: the untar thread hands each small regular file, its
 //! bytes read already, to writer threads that create it, write it, give it its times and
 //! digest it. File creation (system calls, the kernel's copy) so runs beside the untar
-//! and inflate threads instead of after each member on the untar thread. A bounded queue
-//! keeps the bytes in flight few; large files are written by the untar thread itself,
-//! streamed.
+//! and inflate threads instead of after each member on the untar thread. Files go over in
+//! batches (one wake-up of a writer for many small files), a bounded queue keeps the bytes
+//! in flight few, and the buffers the bytes were read into come back to be filled again (no
+//! allocation, zeroing or page fault per file once the pipeline runs). Large files are
+//! written by the untar thread itself, streamed.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -16,16 +18,25 @@ use std::thread::Scope;
 use crate::buildcache::checksum::{FileDigest, FileHasher};
 
 /// Files up to this size are handed to the writers.
-pub const MAX_HANDED: u64 = 512 * 1024;
-/// Files queued at most (so at most this many times [`MAX_HANDED`] bytes in flight).
-const QUEUED: usize = 32;
+pub const MAX_HANDED: u64 = 256 * 1024;
+/// A batch is sent once it holds this many bytes...
+const BATCH_BYTES: usize = 256 * 1024;
+/// ... or this many files.
+const BATCH_FILES: usize = 32;
+/// Batches queued at most: with the batch being filled, at most about
+/// `(QUEUED + 2) × (BATCH_BYTES + MAX_HANDED)` bytes (5 MiB) in flight per extraction.
+const QUEUED: usize = 3;
+/// The smallest buffer: buffers are powers of two from this size to [`MAX_HANDED`].
+const MIN_BUFFER: usize = 4096;
 
 /// One file to write.
 struct Job {
     /// Its number among the members.
     index: usize,
     dest: PathBuf,
+    /// Its bytes: the first `len` of the buffer.
     data: Vec<u8>,
+    len: usize,
     mode: u32,
     digest: bool,
 }
@@ -33,10 +44,18 @@ struct Job {
 /// What became of a file: its digest (when asked), or the error and the file.
 type Outcome = (usize, Result<Option<FileDigest>, (PathBuf, std::io::Error)>);
 
+/// What a writer sends back for a batch: the outcomes, and the buffers to fill again.
+type Report = (Vec<Outcome>, Vec<Vec<u8>>);
+
 /// The writer threads of one extraction.
 pub struct Writers {
-    jobs: Option<SyncSender<Job>>,
-    results: Receiver<Outcome>,
+    jobs: Option<SyncSender<Vec<Job>>>,
+    reports: Receiver<Report>,
+    /// The batch being filled, and its bytes.
+    batch: Vec<Job>,
+    batch_bytes: usize,
+    /// Buffers to fill again, by size class (`MIN_BUFFER << k`).
+    spare: Vec<Vec<Vec<u8>>>,
     /// Files handed over and not reported yet.
     pending: usize,
     /// Digests of the files written, by member number.
@@ -48,22 +67,28 @@ pub struct Writers {
 impl Writers {
     /// Start `threads` writers in `scope` (none: [`Writers::enabled`] is false).
     pub fn start<'scope>(scope: &'scope Scope<'scope, '_>, threads: usize) -> Writers {
-        let (jobs, queue) = sync_channel::<Job>(QUEUED);
-        let (report, results) = channel();
+        let (jobs, queue) = sync_channel::<Vec<Job>>(QUEUED);
+        let (report, reports) = channel();
         let queue = Arc::new(Mutex::new(queue));
         let mut started = 0;
         for _ in 0..threads {
-            let (queue, report): (_, Sender<Outcome>) = (queue.clone(), report.clone());
+            let (queue, report): (_, Sender<Report>) = (queue.clone(), report.clone());
             let spawned = std::thread::Builder::new()
                 .name("spackfs-write".into())
                 .spawn_scoped(scope, move || loop {
-                    let job = match queue.lock() {
+                    let batch = match queue.lock() {
                         Ok(q) => q.recv(),
                         Err(_) => return,
                     };
-                    let Ok(job) = job else { return };
-                    let written = write_file(&job).map_err(|e| (job.dest, e));
-                    if report.send((job.index, written)).is_err() {
+                    let Ok(batch) = batch else { return };
+                    let mut outcomes = Vec::with_capacity(batch.len());
+                    let mut buffers = Vec::with_capacity(batch.len());
+                    for job in batch {
+                        let written = write_file(&job).map_err(|e| (job.dest, e));
+                        outcomes.push((job.index, written));
+                        buffers.push(job.data);
+                    }
+                    if report.send((outcomes, buffers)).is_err() {
                         return;
                     }
                 });
@@ -71,9 +96,13 @@ impl Writers {
                 started += 1;
             }
         }
+        let classes = (MAX_HANDED as usize / MIN_BUFFER).trailing_zeros() as usize + 1;
         Writers {
             jobs: (started > 0).then_some(jobs),
-            results,
+            reports,
+            batch: Vec::new(),
+            batch_bytes: 0,
+            spare: vec![Vec::new(); classes],
             pending: 0,
             done: Vec::new(),
             failed: None,
@@ -85,37 +114,78 @@ impl Writers {
         self.jobs.is_some()
     }
 
-    /// Hand file `index` over: created at `dest` with `data`, `mode`. Waits while the queue
-    /// is full. Returns the failure of an earlier file, if one was reported.
+    /// A buffer to read a file of `len` bytes (at most [`MAX_HANDED`]) into: its first
+    /// `len` bytes are for the file; one that came back from the writers when there is one.
+    pub fn buffer(&mut self, len: usize) -> Vec<u8> {
+        self.collect(false);
+        let class = len.max(MIN_BUFFER).next_power_of_two();
+        let k = (class / MIN_BUFFER).trailing_zeros() as usize;
+        match self.spare.get_mut(k).and_then(Vec::pop) {
+            Some(b) => b,
+            // Zeroed pages from the allocator: no pass over them here.
+            None => vec![0; class.max(len)],
+        }
+    }
+
+    /// Hand file `index` over: created at `dest` with the first `len` bytes of `data` (a
+    /// [`Writers::buffer`]), `mode`. Waits while the queue is full. Returns the failure of
+    /// an earlier file, if one was reported.
     pub fn write(
         &mut self,
         index: usize,
         dest: PathBuf,
         data: Vec<u8>,
+        len: usize,
         mode: u32,
         digest: bool,
     ) -> Result<(), (PathBuf, std::io::Error)> {
         self.collect(false);
         self.check()?;
-        let Some(jobs) = &self.jobs else {
+        if self.jobs.is_none() {
             return Err((dest, std::io::Error::other("no file writer is running")));
-        };
-        let job = Job {
+        }
+        let len = len.min(data.len());
+        self.batch.push(Job {
             index,
             dest,
             data,
+            len,
             mode,
             digest,
-        };
-        if let Err(e) = jobs.send(job) {
-            return Err((e.0.dest, std::io::Error::other("the file writers stopped")));
-        }
+        });
+        self.batch_bytes += len;
         self.pending += 1;
-        Ok(())
+        if self.batch.len() >= BATCH_FILES || self.batch_bytes >= BATCH_BYTES {
+            self.send_batch();
+        }
+        self.check()
+    }
+
+    /// Send the batch being filled; if no writer takes it, its first file is the failure.
+    fn send_batch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
+        let sent = match &self.jobs {
+            Some(jobs) => jobs.send(batch).map_err(|e| e.0),
+            None => Err(batch),
+        };
+        if let Err(batch) = sent {
+            self.pending -= batch.len();
+            if let Some(first) = batch.into_iter().next() {
+                if self.failed.as_ref().is_none_or(|f| first.index < f.0) {
+                    let e = std::io::Error::other("the file writers stopped");
+                    self.failed = Some((first.index, first.dest, e));
+                }
+            }
+        }
     }
 
     /// Wait until every file handed over is written (before a hard link to one of them).
     pub fn wait(&mut self) -> Result<(), (PathBuf, std::io::Error)> {
+        self.send_batch();
         while self.pending > 0 && self.collect(true) {}
         self.check()
     }
@@ -128,6 +198,7 @@ impl Writers {
         mut self,
         before: usize,
     ) -> Result<Vec<(usize, Option<FileDigest>)>, (usize, PathBuf, std::io::Error)> {
+        self.send_batch();
         self.jobs = None;
         while self.pending > 0 && self.collect(true) {}
         match self.failed.take() {
@@ -140,19 +211,29 @@ impl Writers {
     fn collect(&mut self, block: bool) -> bool {
         loop {
             let next = if block {
-                self.results.recv().ok()
+                self.reports.recv().ok()
             } else {
-                self.results.try_recv().ok()
+                self.reports.try_recv().ok()
             };
-            let Some((index, r)) = next else {
+            let Some((outcomes, buffers)) = next else {
                 return false;
             };
-            self.pending -= 1;
-            match r {
-                Ok(d) => self.done.push((index, d)),
-                Err((dest, e)) => {
-                    if self.failed.as_ref().is_none_or(|f| index < f.0) {
-                        self.failed = Some((index, dest, e));
+            for b in buffers {
+                let k = (b.len() / MIN_BUFFER).trailing_zeros() as usize;
+                if b.len().is_power_of_two() && b.len() >= MIN_BUFFER {
+                    if let Some(class) = self.spare.get_mut(k) {
+                        class.push(b);
+                    }
+                }
+            }
+            for (index, r) in outcomes {
+                self.pending -= 1;
+                match r {
+                    Ok(d) => self.done.push((index, d)),
+                    Err((dest, e)) => {
+                        if self.failed.as_ref().is_none_or(|f| index < f.0) {
+                            self.failed = Some((index, dest, e));
+                        }
                     }
                 }
             }
@@ -180,11 +261,12 @@ fn write_file(job: &Job) -> std::io::Result<Option<FileDigest>> {
         .custom_flags(libc::O_NOFOLLOW)
         .mode(mode)
         .open(&job.dest)?;
-    f.write_all(&job.data)?;
+    let data = &job.data[..job.len];
+    f.write_all(data)?;
     set_mode_and_times(&f, mode)?;
     Ok(job.digest.then(|| {
         let mut h = FileHasher::new();
-        h.update(&job.data);
+        h.update(data);
         h.finish()
     }))
 }
@@ -223,9 +305,18 @@ mod tests {
             let mut w = Writers::start(scope, 2);
             assert!(w.enabled());
             for i in 0..100 {
-                let data = format!("file {i}").into_bytes();
-                w.write(i, dir.path().join(format!("f{i}")), data, 0o750, true)
-                    .unwrap();
+                let text = format!("file {i}").repeat(i * 97 + 1);
+                let mut data = w.buffer(text.len());
+                data[..text.len()].copy_from_slice(text.as_bytes());
+                w.write(
+                    i,
+                    dir.path().join(format!("f{i}")),
+                    data,
+                    text.len(),
+                    0o750,
+                    true,
+                )
+                .unwrap();
             }
             w.wait().unwrap();
             let done = w.finish(usize::MAX).unwrap();
@@ -233,21 +324,35 @@ mod tests {
             for (i, d) in done {
                 let path = dir.path().join(format!("f{i}"));
                 let bytes = std::fs::read(&path).unwrap();
-                assert_eq!(bytes, format!("file {i}").into_bytes());
+                assert_eq!(bytes, format!("file {i}").repeat(i * 97 + 1).into_bytes());
                 assert_eq!(d, Some(FileDigest::of(&bytes)));
                 let meta = std::fs::metadata(&path).unwrap();
                 assert_eq!(meta.permissions().mode() & 0o777, 0o750);
                 assert_eq!(meta.modified().unwrap(), std::time::SystemTime::UNIX_EPOCH);
             }
             let mut w = Writers::start(scope, 1);
-            w.write(7, dir.path().join("taken"), b"new".to_vec(), 0o644, false)
-                .unwrap();
+            w.write(
+                7,
+                dir.path().join("taken"),
+                b"new".to_vec(),
+                3,
+                0o644,
+                false,
+            )
+            .unwrap();
             let (index, path, e) = w.finish(8).unwrap_err();
             assert_eq!((index, path), (7, dir.path().join("taken")));
             assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
             let mut w = Writers::start(scope, 1);
-            w.write(9, dir.path().join("taken"), b"new".to_vec(), 0o644, false)
-                .unwrap();
+            w.write(
+                9,
+                dir.path().join("taken"),
+                b"new".to_vec(),
+                3,
+                0o644,
+                false,
+            )
+            .unwrap();
             assert!(
                 w.finish(9).is_ok(),
                 "a failure after the untar's own is not it"

@@ -21,7 +21,7 @@ use crate::buildcache::manifest::{self, Manifest};
 use crate::buildcache::spec::{SpecDag, SpecNode};
 use crate::buildcache::table::IndexTable;
 use crate::buildcache::FormatError;
-use crate::transport::{BlobStore, ByteStream, TransportError};
+use crate::transport::{BlobStore, Object, TransportError};
 use crate::trust::{Keyring, TrustError};
 
 pub use health::{Backoff, Health, HealthReport};
@@ -289,9 +289,9 @@ impl Mirror {
         }
     }
 
-    /// Stream the tarball of a package whose metadata this mirror gave.
-    pub async fn tarball(&self, meta: &PackageMeta) -> Result<ByteStream, TransportError> {
-        self.store.get(&meta.tarball_path).await
+    /// Open the tarball of a package whose metadata this mirror gave.
+    pub async fn tarball(&self, meta: &PackageMeta) -> Result<Object, TransportError> {
+        self.store.open(&meta.tarball_path).await
     }
 
     /// Read signed or unsigned text according to the trust policy.

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use tokio_util::io::ReaderStream;
 
-use super::{BlobStore, ByteStream, Conditional, TransportError};
+use super::{BlobStore, ByteStream, Conditional, Object, TransportError};
 
 /// A mirror in a local directory.
 pub struct FileStore {
@@ -87,6 +87,11 @@ impl BlobStore for FileStore {
     async fn get(&self, path: &str) -> Result<ByteStream, TransportError> {
         let (file, _) = self.open_file(path).await?;
         Ok(ReaderStream::with_capacity(file, 256 * 1024).boxed())
+    }
+
+    async fn open(&self, path: &str) -> Result<Object, TransportError> {
+        let (file, _) = self.open_file(path).await?;
+        Ok(Object::File(file.into_std().await))
     }
 
     async fn get_if_changed(

@@ -150,6 +150,14 @@ impl TransportError {
     }
 }
 
+/// An object opened to be read whole: a stream from a remote transport, or a file on a
+/// local disk that the blocking pipeline reads itself (no runtime task and no copy per
+/// chunk between the disk and the decompressor).
+pub enum Object {
+    Stream(ByteStream),
+    File(std::fs::File),
+}
+
 /// The answer to a conditional request.
 pub enum Conditional {
     /// The object still carries the validator that was sent.
@@ -178,6 +186,12 @@ pub trait BlobStore: Send + Sync {
         path: &str,
         validator: Option<&str>,
     ) -> Result<Conditional, TransportError>;
+
+    /// Open the object at `path` to be read whole: by default a stream ([`BlobStore::get`]);
+    /// a local directory gives the file itself.
+    async fn open(&self, path: &str) -> Result<Object, TransportError> {
+        self.get(path).await.map(Object::Stream)
+    }
 
     /// Stream a blob by its digest (`algorithm`, lower-case hex), for protocols that address
     /// content by digest (OCI registries). URL layouts address blobs by path instead.

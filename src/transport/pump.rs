@@ -3,6 +3,7 @@
 //! blocking thread) reads the other end, so the network and decompression overlap and no
 //! blob is ever held whole in memory. A transport failure is kept for the caller, which
 //! needs its class (was it the mirror, or the bytes?) whatever the layers above made of it.
+//! A local file needs no pump: the blocking pipeline reads it directly ([`reader`]).
 
 use std::io::Read;
 use std::sync::{Arc, Mutex};
@@ -11,7 +12,7 @@ use bytes::{Buf, Bytes};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use super::{stream_error, ByteStream, TransportError};
+use super::{stream_error, ByteStream, Object, TransportError};
 
 /// Chunks read ahead of the consumer.
 const DEPTH: usize = 32;
@@ -66,6 +67,68 @@ pub fn pump(mut stream: ByteStream, mirror: &str, path: &str) -> (PumpReader, Pu
         },
         failure,
     )
+}
+
+/// The blocking reader of an opened object: a pumped stream, or a local file read directly.
+pub enum BlobReader {
+    Pumped(PumpReader),
+    File(FileReader),
+}
+
+/// A local file read by the pipeline itself; a read error is kept as the mirror's, like a
+/// broken stream's.
+pub struct FileReader {
+    file: std::fs::File,
+    failure: PumpFailure,
+    mirror: String,
+    path: String,
+}
+
+/// The blocking reader of `object` (from mirror `mirror`, object `path`); a stream is pumped
+/// on the current runtime.
+pub fn reader(object: Object, mirror: &str, path: &str) -> (BlobReader, PumpFailure) {
+    match object {
+        Object::Stream(stream) => {
+            let (r, failure) = pump(stream, mirror, path);
+            (BlobReader::Pumped(r), failure)
+        }
+        Object::File(file) => {
+            let failure = PumpFailure::default();
+            let r = FileReader {
+                file,
+                failure: failure.clone(),
+                mirror: mirror.to_string(),
+                path: path.to_string(),
+            };
+            (BlobReader::File(r), failure)
+        }
+    }
+}
+
+impl Read for FileReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            match self.file.read(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let t = stream_error(e, &self.mirror, &self.path);
+                    let msg = std::io::Error::other(t.to_string());
+                    *self.failure.0.lock().unwrap() = Some(t);
+                    return Err(msg);
+                }
+                Ok(n) => return Ok(n),
+            }
+        }
+    }
+}
+
+impl Read for BlobReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            BlobReader::Pumped(r) => r.read(buf),
+            BlobReader::File(r) => r.read(buf),
+        }
+    }
 }
 
 impl Read for PumpReader {

@@ -17,7 +17,7 @@ use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use memmap2::{Mmap, MmapMut};
+use memmap2::MmapOptions;
 
 use super::extract::MemberKind;
 use super::InstallError;
@@ -238,9 +238,10 @@ fn relocate_text_file(
     if file.metadata().map_err(io)?.len() == 0 {
         return Ok(None);
     }
+    // The whole file is read: its pages are mapped in one call, not one fault at a time.
     // SAFETY: the file lives in our private staging directory; nothing else writes it while
     // the map is alive.
-    let data = unsafe { Mmap::map(&file) }.map_err(io)?;
+    let data = unsafe { MmapOptions::new().populate().map(&file) }.map_err(io)?;
     let Some(new) = text::relocate_text(&data, map) else {
         return Ok(None);
     };
@@ -273,7 +274,7 @@ fn relocate_binary_file(
         return Ok(None);
     }
     // SAFETY: as above, the staging file is ours alone while mapped.
-    let mut data = unsafe { MmapMut::map_mut(&file) }.map_err(io)?;
+    let mut data = unsafe { MmapOptions::new().populate().map_mut(&file) }.map_err(io)?;
     let edits = elf::elf_edits(&data, map);
     let too_long = |data: &[u8], old: &[u8], new: &[u8]| InstallError::RootTooLong {
         what: what.to_string(),
