@@ -374,20 +374,13 @@ impl Done {
 }
 
 impl Job {
-    fn run(self, reader: impl std::io::Read + Send) -> Result<Done, InstallError> {
-        let what = &self.what;
-        let t = Instant::now();
-        let ex = install::extract::extract(
-            reader,
-            &self.meta.tarball_sha256,
-            self.meta.tarball_size,
-            self.staging.path(),
-            self.target.limits,
-            self.target.digests,
-            what,
-        )?;
-        let extract = t.elapsed();
-        let t = Instant::now();
+    /// Relocate the extracted prefix and give it its final modes; returns what relocation
+    /// changed and the files whose mode changed.
+    fn relocate_and_finish(
+        &self,
+        ex: &install::extract::Extracted,
+        what: &str,
+    ) -> Result<(install::relocate::RelocationReport, Vec<String>), InstallError> {
         let map = RelocationMap::for_package(
             &ex.buildinfo,
             &self.meta.dag,
@@ -412,7 +405,40 @@ impl Job {
             map.pairs().len(),
             report.changed.len()
         );
-        install::finish::finish(&ex.prefix_dir, &ex.members, what)?;
+        let mode_changed = install::finish::finish(&ex.prefix_dir, &ex.members, what)?;
+        Ok((report, mode_changed))
+    }
+
+    fn run(self, reader: impl std::io::Read + Send) -> Result<Done, InstallError> {
+        let what = &self.what;
+        let t = Instant::now();
+        let ex = install::extract::extract(
+            reader,
+            &self.meta.tarball_sha256,
+            self.meta.tarball_size,
+            self.staging.path(),
+            self.target.limits,
+            self.target.digests,
+            what,
+        )?;
+        let extract = t.elapsed();
+        let t = Instant::now();
+        // A store records every file: its walk of the prefix runs beside relocation and
+        // the final modes, and is completed with the files those change.
+        let (finished, walk) = std::thread::scope(|scope| {
+            let walker = self.target.digests.then(|| {
+                std::thread::Builder::new()
+                    .name("spackfs-walk".into())
+                    .spawn_scoped(scope, || crate::store::digest::walk(&ex.prefix_dir))
+            });
+            let finished = self.relocate_and_finish(&ex, what);
+            let walk = walker
+                .and_then(Result::ok)
+                .and_then(|h| h.join().ok())
+                .and_then(Result::ok);
+            (finished, walk)
+        });
+        let (report, mode_changed) = finished?;
         let relocate = t.elapsed();
         // Digests as extracted, or as relocation rewrote them. A file known by more names
         // than one (hard links) has none here and is hashed when published.
@@ -426,7 +452,11 @@ impl Job {
                 (None, _) => {}
             }
         }
-        let relocated = self.staging.relocated(ex.prefix_dir).with_digests(digests);
+        let mut relocated = self.staging.relocated(ex.prefix_dir).with_digests(digests);
+        if let Some(walk) = walk {
+            let changed = report.changed.iter().cloned().chain(mode_changed).collect();
+            relocated = relocated.with_walk(walk, changed);
+        }
         let t = Instant::now();
         let published = (self.publish)(relocated)?;
         let publish = t.elapsed();

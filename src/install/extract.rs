@@ -53,7 +53,7 @@ pub struct Extracted {
     pub buildinfo: BuildInfo,
     /// Members below the prefix, by path relative to it, with their kind and tar mode.
     pub members: HashMap<String, (MemberKind, u32)>,
-    /// BLAKE3 digest of each regular file below the prefix, by path relative to it, taken
+    /// Digest of each regular file below the prefix, by path relative to it, taken
     /// as its bytes were written (no second read). Files that hard links name are left out:
     /// a change through one name would leave the other's digest stale.
     pub digests: HashMap<String, FileDigest>,

@@ -10,13 +10,14 @@ use super::InstallError;
 
 /// Set the modes that extraction could not (directories, files without owner rw) and
 /// Spack's epoch mtime on directories. Modes are already stripped of special and
-/// group/world-write bits.
+/// group/world-write bits. Returns the files whose mode changed (relative to the prefix).
 pub fn finish(
     prefix_dir: &Path,
     members: &HashMap<String, (MemberKind, u32)>,
     what: &str,
-) -> Result<(), InstallError> {
+) -> Result<Vec<String>, InstallError> {
     let mut dirs = Vec::new();
+    let mut changed = Vec::new();
     for (rel, (kind, mode)) in members {
         let path = prefix_dir.join(rel);
         match kind {
@@ -24,6 +25,7 @@ pub fn finish(
             MemberKind::File if mode & 0o600 != 0o600 => {
                 std::fs::set_permissions(&path, Permissions::from_mode(*mode))
                     .map_err(|e| InstallError::io(what, &path, e))?;
+                changed.push(rel.clone());
             }
             MemberKind::Dir => dirs.push((path, *mode)),
             MemberKind::File | MemberKind::Symlink | MemberKind::HardLink(_) => {}
@@ -37,5 +39,5 @@ pub fn finish(
             let _ = d.set_times(super::extract::epoch_times());
         }
     }
-    Ok(())
+    Ok(changed)
 }

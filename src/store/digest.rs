@@ -50,16 +50,44 @@ fn blake3_digest(path: &Path) -> std::io::Result<String> {
     Ok(h.finalize().to_hex().to_string())
 }
 
-/// Records of every regular file below `dir` (each inode once), and the disk usage of the
-/// whole tree in bytes. A file whose path (relative to `dir`) is in `known` takes that
-/// digest; the others are read and hashed.
-pub fn records(
-    dir: &Path,
-    known: &HashMap<String, FileDigest>,
-) -> std::io::Result<(Vec<FileRecord>, u64)> {
-    let mut out = Vec::new();
-    let mut usage = 0u64;
-    let mut seen = std::collections::HashSet::new();
+/// What records need of one inode met on a walk.
+#[derive(Debug)]
+struct Seen {
+    /// Path relative to the walked directory (the first name met, for an inode with more).
+    rel: String,
+    id: (u64, u64),
+    is_file: bool,
+    size: u64,
+    ctime: (i64, i64),
+    usage: u64,
+}
+
+impl Seen {
+    fn of(rel: String, m: &std::fs::Metadata) -> Seen {
+        Seen {
+            rel,
+            id: (m.dev(), m.ino()),
+            is_file: m.is_file(),
+            size: m.len(),
+            ctime: (m.ctime(), m.ctime_nsec()),
+            usage: m.blocks() * 512,
+        }
+    }
+}
+
+/// Every inode below a directory (each once) as a walk saw it. A walk can be taken while
+/// the last steps of an install (relocation, final modes) still run beside it, and
+/// completed by [`Walk::records`] with the files those steps changed: publishing then does
+/// not walk the tree after them.
+#[derive(Debug)]
+pub struct Walk {
+    seen: Vec<Seen>,
+}
+
+/// Walk the tree below `dir`.
+pub fn walk(dir: &Path) -> std::io::Result<Walk> {
+    let mut seen = Vec::new();
+    let mut ids = std::collections::HashSet::new();
     let mut stack = vec![String::new()];
     while let Some(rel) = stack.pop() {
         let here = if rel.is_empty() {
@@ -76,29 +104,76 @@ pub fn records(
                 format!("{rel}/{name}")
             };
             let m = e.metadata()?;
-            if !seen.insert((m.dev(), m.ino())) {
+            if !ids.insert((m.dev(), m.ino())) {
                 continue;
             }
-            usage += m.blocks() * 512;
             if m.is_dir() {
-                stack.push(r);
-            } else if m.is_file() {
-                let digest = match known.get(&r) {
-                    Some(d) => *d,
-                    None => file_digest(&e.path())?,
-                };
-                out.push(FileRecord {
-                    xxh3: Some(digest.hex()),
-                    blake3: None,
-                    path: r,
-                    size: m.len(),
-                    ctime: (m.ctime(), m.ctime_nsec()),
-                });
+                stack.push(r.clone());
             }
+            seen.push(Seen::of(r, &m));
         }
     }
-    out.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok((out, usage))
+    Ok(Walk { seen })
+}
+
+impl Walk {
+    /// Records of every regular file and the disk usage of the whole tree, in bytes. The
+    /// files at `changed` (relative to `dir`) changed after the walk and are looked at
+    /// again. A file whose path is in `known` takes that digest; the others are read and
+    /// hashed.
+    pub fn records<'a>(
+        self,
+        dir: &Path,
+        changed: impl IntoIterator<Item = &'a str>,
+        known: &HashMap<String, FileDigest>,
+    ) -> std::io::Result<(Vec<FileRecord>, u64)> {
+        // By inode (a change through another name of a hard-linked file) and by name (a
+        // symlink replaced by a new one).
+        let mut fresh = HashMap::new();
+        let mut by_name = HashMap::new();
+        for rel in changed {
+            let s = Seen::of(rel.to_string(), &std::fs::symlink_metadata(dir.join(rel))?);
+            by_name.insert(rel, s.id);
+            fresh.insert(s.id, s);
+        }
+        let mut out = Vec::new();
+        let mut usage = 0u64;
+        for walked in self.seen {
+            let id = by_name.get(walked.rel.as_str()).unwrap_or(&walked.id);
+            let now = fresh.get(id);
+            let (size, ctime, used) = match now {
+                Some(s) => (s.size, s.ctime, s.usage),
+                None => (walked.size, walked.ctime, walked.usage),
+            };
+            usage += used;
+            if !walked.is_file {
+                continue;
+            }
+            let digest = match known.get(&walked.rel) {
+                Some(d) => *d,
+                None => file_digest(&dir.join(&walked.rel))?,
+            };
+            out.push(FileRecord {
+                xxh3: Some(digest.hex()),
+                blake3: None,
+                path: walked.rel,
+                size,
+                ctime,
+            });
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok((out, usage))
+    }
+}
+
+/// Records of every regular file below `dir` (each inode once), and the disk usage of the
+/// whole tree in bytes. A file whose path (relative to `dir`) is in `known` takes that
+/// digest; the others are read and hashed.
+pub fn records(
+    dir: &Path,
+    known: &HashMap<String, FileDigest>,
+) -> std::io::Result<(Vec<FileRecord>, u64)> {
+    walk(dir)?.records(dir, [], known)
 }
 
 /// What is wrong with a prefix, if anything. `deep` recomputes digests; otherwise only
@@ -172,5 +247,40 @@ mod tests {
             ..recs[0].clone()
         }];
         assert!(check(dir.path(), &none, true).is_some());
+    }
+
+    /// A walk taken before files change gives the records a walk after would, once told
+    /// which files changed (through another name of a hard-linked inode too); a change it
+    /// is not told of shows in the cheap check.
+    #[test]
+    fn a_walk_completed_with_the_changed_files_matches_a_walk_after_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        std::fs::create_dir_all(p.join("lib/sub")).unwrap();
+        std::fs::write(p.join("lib/text"), b"short").unwrap();
+        std::fs::write(p.join("lib/sub/bin"), vec![7u8; 10_000]).unwrap();
+        std::fs::hard_link(p.join("lib/sub/bin"), p.join("bin2")).unwrap();
+        std::fs::write(p.join("same"), b"unchanged").unwrap();
+        std::os::unix::fs::symlink("same", p.join("link")).unwrap();
+        let walk = walk(p).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(p.join("lib/text"), b"a much longer text than before").unwrap();
+        std::fs::write(p.join("bin2"), vec![9u8; 5_000]).unwrap();
+        let after = records(p, &HashMap::new()).unwrap();
+        let told = walk
+            .records(p, ["lib/text", "bin2"], &HashMap::new())
+            .unwrap();
+        assert_eq!(told.1, after.1, "disk usage");
+        let key = |r: &FileRecord| (r.size, r.ctime, r.xxh3.clone());
+        let told_files: Vec<_> = told.0.iter().map(key).collect();
+        let after_files: Vec<_> = after.0.iter().map(key).collect();
+        assert_eq!(told_files, after_files);
+        assert_eq!(check(p, &told.0, false), None);
+        let untold = super::walk(p).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(p.join("same"), b"changed!!").unwrap();
+        let (recs, _) = untold.records(p, [], &HashMap::new()).unwrap();
+        let why = check(p, &recs, false).expect("the untold change shows");
+        assert!(why.contains("same"), "{why}");
     }
 }

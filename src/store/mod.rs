@@ -331,11 +331,12 @@ impl Store {
     /// place, then record it. Returns false when the key was published meanwhile.
     pub fn publish(
         &self,
-        relocated: Relocated,
+        mut relocated: Relocated,
         mut meta: EntryMeta,
     ) -> Result<Published, StoreError> {
+        let records = relocated.records();
         let staged = relocated.prefix();
-        let (files, size) = digest::records(staged, relocated.digests()).map_err(io(staged))?;
+        let (files, size) = records.map_err(io(staged))?;
         meta.size = size;
         let _guard = self.global_lock()?;
         let dest = self.prefix_path(&meta.key);

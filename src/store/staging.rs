@@ -40,6 +40,7 @@ impl Staging {
             _staging: self,
             prefix,
             digests: HashMap::new(),
+            walk: None,
         }
     }
 }
@@ -52,6 +53,8 @@ pub struct Relocated {
     /// Content digests of files of the prefix known from extraction (path relative to the
     /// prefix); publishing computes only the others.
     digests: HashMap<String, crate::buildcache::checksum::FileDigest>,
+    /// A walk of the prefix taken beside its last steps, and the files they changed.
+    walk: Option<(super::digest::Walk, Vec<String>)>,
 }
 
 impl Relocated {
@@ -70,6 +73,26 @@ impl Relocated {
 
     pub fn digests(&self) -> &HashMap<String, crate::buildcache::checksum::FileDigest> {
         &self.digests
+    }
+
+    /// A walk of the prefix taken while relocation and the final modes ran, with the files
+    /// (relative to the prefix) those changed: publishing completes it instead of walking.
+    pub fn with_walk(mut self, walk: super::digest::Walk, changed: Vec<String>) -> Self {
+        self.walk = Some((walk, changed));
+        self
+    }
+
+    /// The records of the prefix's files and its disk usage: from the walk taken beside
+    /// its last steps, or from a walk now.
+    pub fn records(&mut self) -> std::io::Result<(Vec<super::digest::FileRecord>, u64)> {
+        match self.walk.take() {
+            Some((walk, changed)) => walk.records(
+                &self.prefix,
+                changed.iter().map(String::as_str),
+                &self.digests,
+            ),
+            None => super::digest::records(&self.prefix, &self.digests),
+        }
     }
 }
 

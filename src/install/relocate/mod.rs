@@ -30,7 +30,7 @@ use map::RelocationMap;
 pub struct RelocationReport {
     /// Paths (relative to the prefix) whose content or target changed.
     pub changed: HashSet<String>,
-    /// BLAKE3 digests of the new content of the regular files that changed.
+    /// Digests of the new content of the regular files that changed.
     pub digests: HashMap<String, FileDigest>,
 }
 
