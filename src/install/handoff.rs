@@ -1,8 +1,9 @@
 //! The bounded hand-off between two threads of one extraction, as a stream of chunks: the
 //! reading thread hands the blob (hashed as it passes) to the inflating thread, which hands
-//! the inflated tar stream to the untar thread that creates the files. A few chunks are in flight at most, and
-//! drained chunks go back to the inflater to be filled again, so memory stays bounded and
-//! nothing is allocated per chunk once the pipeline runs.
+//! the inflated tar stream to the untar thread that creates the files. A few chunks are in
+//! flight at most, and drained chunks go back to the inflater to be filled again, so memory
+//! stays bounded and nothing is allocated per chunk once the pipeline runs; at the end they
+//! are kept for the next extraction ([`super::buffers`]).
 
 use std::io::{BufRead, Read};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
@@ -75,7 +76,7 @@ impl ChunkSender {
             let mut buf = self
                 .empty
                 .try_recv()
-                .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
+                .unwrap_or_else(|_| super::buffers::take(CHUNK));
             buf.resize(CHUNK, 0);
             let mut filled = 0;
             // Fill the chunk (decoders return little at a time), stopping at the end.
@@ -114,6 +115,24 @@ impl ChunkSender {
     }
 }
 
+/// Chunks not needed any more are kept for the next extraction.
+impl Drop for ChunkSender {
+    fn drop(&mut self) {
+        while let Ok(chunk) = self.empty.try_recv() {
+            super::buffers::give(chunk);
+        }
+    }
+}
+
+impl Drop for ChunkReader {
+    fn drop(&mut self) {
+        super::buffers::give(std::mem::take(&mut self.current));
+        while let Ok(Ok(chunk)) = self.full.try_recv() {
+            super::buffers::give(chunk);
+        }
+    }
+}
+
 impl ChunkReader {
     /// Make the current chunk one with bytes left, unless the stream ended.
     fn next_chunk(&mut self) -> std::io::Result<()> {
@@ -123,7 +142,9 @@ impl ChunkReader {
                     let done = std::mem::replace(&mut self.current, next);
                     self.pos = 0;
                     if done.capacity() > 0 {
-                        let _ = self.empty.send(done);
+                        if let Err(back) = self.empty.send(done) {
+                            super::buffers::give(back.0);
+                        }
                     }
                 }
                 Ok(Err(e)) => {

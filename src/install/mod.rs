@@ -2,6 +2,7 @@
 //! sha256 and an inflater (gzip or zstd, by magic bytes) into a hardened untar, then relocate
 //! and finish the prefix. No FUSE, no network types: only a `Read` and a relocation map.
 
+pub mod buffers;
 pub mod extract;
 pub mod finish;
 pub mod handoff;

@@ -27,7 +27,7 @@ const BATCH_FILES: usize = 32;
 /// `(QUEUED + 2) × (BATCH_BYTES + MAX_HANDED)` bytes (5 MiB) in flight per extraction.
 const QUEUED: usize = 3;
 /// The smallest buffer: buffers are powers of two from this size to [`MAX_HANDED`].
-const MIN_BUFFER: usize = 4096;
+const MIN_BUFFER: usize = super::buffers::MIN;
 
 /// One file to write.
 struct Job {
@@ -122,8 +122,7 @@ impl Writers {
         let k = (class / MIN_BUFFER).trailing_zeros() as usize;
         match self.spare.get_mut(k).and_then(Vec::pop) {
             Some(b) => b,
-            // Zeroed pages from the allocator: no pass over them here.
-            None => vec![0; class.max(len)],
+            None => super::buffers::take(len),
         }
     }
 
@@ -243,10 +242,21 @@ impl Writers {
         }
     }
 
-    fn check(&mut self) -> Result<(), (PathBuf, std::io::Error)> {
+    fn check(&self) -> Result<(), (PathBuf, std::io::Error)> {
         match &self.failed {
             Some((_, dest, e)) => Err((dest.clone(), std::io::Error::new(e.kind(), e.to_string()))),
             None => Ok(()),
+        }
+    }
+}
+
+/// The buffers come back for the next extraction.
+impl Drop for Writers {
+    fn drop(&mut self) {
+        for class in &mut self.spare {
+            for b in class.drain(..) {
+                super::buffers::give(b);
+            }
         }
     }
 }
