@@ -2,8 +2,6 @@
 //! place keeping the byte length (left-padding with `/`), or shortening a C string when the
 //! tails differ and there is room; growing is an error.
 
-use aho_corasick::Input;
-
 use super::map::RelocationMap;
 
 const SUFFIX_WINDOW: usize = 7;
@@ -24,13 +22,13 @@ pub enum BinaryError {
 
 /// Apply the rule to `data` in place; returns the number of replacements.
 pub fn relocate_binary(data: &mut [u8], map: &RelocationMap) -> Result<usize, BinaryError> {
-    let Some(ac) = map.matcher() else {
+    if !map.has_keys() {
         return Ok(0);
-    };
+    }
     let mut count = 0;
     let mut pos = 0;
     while pos < data.len() {
-        let Some(m) = ac.find(Input::new(&*data).span(pos..data.len())) else {
+        let Some(m) = map.find(data, pos) else {
             break;
         };
         let (old, new) = &map.pairs()[m.pattern().as_usize()];

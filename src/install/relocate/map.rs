@@ -1,7 +1,8 @@
 //! The ordered old → new prefix map `M` (format doc 7.1) and its multi-pattern matcher.
 
-use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickKind, Anchored, Input, Match, MatchKind, StartKind};
 use indexmap::IndexMap;
+use memchr::memmem;
 
 use crate::buildcache::buildinfo::BuildInfo;
 use crate::buildcache::spec::SpecDag;
@@ -11,6 +12,9 @@ use crate::buildcache::FormatError;
 /// takes about 0.1 s; real maps have a few hundred bytes of keys).
 const DFA_KEY_BYTES: usize = 1024;
 
+/// The shortest prefix common to every key that is searched for first (see [`Lead`]).
+const MIN_LEAD: usize = 4;
+
 /// Insertion-ordered map of old prefixes to new ones, identity pairs removed. When several
 /// keys match at one position the first in order wins (Spack's regex alternation).
 #[derive(Debug, Clone)]
@@ -19,6 +23,31 @@ pub struct RelocationMap {
     /// The new (unpadded) install root; used to say which root would fit.
     root: String,
     matcher: Option<AhoCorasick>,
+    /// The bytes every key starts with, when there are enough of them.
+    lead: Option<Lead>,
+}
+
+/// The bytes every key starts with (Spack's keys share their store's root, e.g.
+/// `/opt/site/`), searched for with `memmem`: a match can only start where they do, and
+/// trying the automaton there, anchored, finds the same leftmost-first match as scanning for
+/// it. A binary is full of `/` bytes, where the automaton's own prefilter (the keys' one
+/// start byte) stops; the common prefix is rarely there.
+#[derive(Debug, Clone)]
+struct Lead(memmem::Finder<'static>);
+
+impl Lead {
+    fn of(keys: &[(Vec<u8>, Vec<u8>)]) -> Option<Lead> {
+        let first = &keys.first()?.0;
+        let common = keys.iter().fold(first.len(), |n, (k, _)| {
+            first
+                .iter()
+                .zip(k)
+                .take(n)
+                .take_while(|(a, b)| a == b)
+                .count()
+        });
+        (common >= MIN_LEAD).then(|| Lead(memmem::Finder::new(&first[..common]).into_owned()))
+    }
 }
 
 impl RelocationMap {
@@ -44,12 +73,14 @@ impl RelocationMap {
             Some(
                 AhoCorasick::builder()
                     .match_kind(MatchKind::LeftmostFirst)
+                    .start_kind(StartKind::Both)
                     .kind(kind)
                     .build(pairs.iter().map(|(o, _)| o))
                     .expect("relocation keys form a valid automaton"),
             )
         };
         RelocationMap {
+            lead: Lead::of(&pairs),
             pairs,
             root: root.to_string(),
             matcher,
@@ -89,8 +120,29 @@ impl RelocationMap {
         &self.pairs
     }
 
-    pub(crate) fn matcher(&self) -> Option<&AhoCorasick> {
-        self.matcher.as_ref()
+    /// Is there a key to look for at all?
+    pub(crate) fn has_keys(&self) -> bool {
+        self.matcher.is_some()
+    }
+
+    /// The leftmost-first match of a key in `data` starting at or after `from`.
+    pub(crate) fn find(&self, data: &[u8], from: usize) -> Option<Match> {
+        let ac = self.matcher.as_ref()?;
+        let Some(Lead(lead)) = &self.lead else {
+            return ac.find(Input::new(data).span(from..data.len()));
+        };
+        let mut at = from;
+        while at < data.len() {
+            let start = at + lead.find(&data[at..])?;
+            let anchored = Input::new(data)
+                .span(start..data.len())
+                .anchored(Anchored::Yes);
+            if let Some(m) = ac.find(anchored) {
+                return Some(m);
+            }
+            at = start + 1;
+        }
+        None
     }
 
     pub fn root(&self) -> &str {
@@ -144,5 +196,68 @@ mod tests {
         let text = format!("x {long}/lib y");
         let out = super::super::text::relocate_text(text.as_bytes(), &map).unwrap();
         assert_eq!(out, b"x /r/lib y");
+    }
+
+    /// Searching for the keys' common prefix first finds exactly the matches a plain
+    /// leftmost-first scan does: keys that are prefixes of others, keys that overlap, the
+    /// prefix alone, and keys at the very end of the data.
+    #[test]
+    fn the_common_prefix_search_finds_what_a_plain_scan_finds() {
+        let keys = [
+            "/opt/site/__pad__/__pad__/a-1",
+            "/opt/site/__pad__/__pad__/a-1-longer",
+            "/opt/site/bin/sbang",
+            "/opt/site/__pad__/__pad__",
+            "/opt/site/__pad__/__pad__/b-2",
+        ];
+        let map = RelocationMap::from_pairs(
+            keys.iter().map(|k| (k.to_string(), "/new".to_string())),
+            "/new",
+        );
+        assert!(map.lead.is_some(), "the keys share /opt/site/");
+        let plain = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostFirst)
+            .build(keys)
+            .unwrap();
+        let pieces: Vec<&[u8]> = vec![
+            b"/opt/site/",
+            b"/opt/sit",
+            b"\0",
+            b"/",
+            b"xyz",
+            b"/opt/site/__pad__/__pad__/a-1",
+            b"-longer",
+            b"/opt/site/bin/sbang",
+            b"/opt/site/__pad__/__pad__/b-2",
+            b"__pad__/",
+        ];
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for round in 0..300 {
+            let mut data = Vec::new();
+            for _ in 0..(round % 40) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                data.extend_from_slice(pieces[(state % pieces.len() as u64) as usize]);
+            }
+            for from in 0..=data.len() {
+                let want = plain.find(Input::new(&data).span(from..data.len()));
+                assert_eq!(
+                    map.find(&data, from),
+                    want,
+                    "data {:?} from {from}",
+                    String::from_utf8_lossy(&data)
+                );
+            }
+        }
+        let unshared = RelocationMap::from_pairs(
+            [
+                ("/a/x".to_string(), "/n".to_string()),
+                ("/b/y".to_string(), "/n".to_string()),
+            ],
+            "/n",
+        );
+        assert!(unshared.lead.is_none());
+        assert_eq!(unshared.find(b"../b/y", 0).map(|m| m.start()), Some(2));
     }
 }

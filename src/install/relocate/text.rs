@@ -1,8 +1,6 @@
 //! The text rule (format doc 7.3): Spack's regex
 //! `(?<![\w\-_/])([\w\-_]*?)(K1|…|Kn)([\w\-_/]*)`, computed with one multi-pattern scan.
 
-use aho_corasick::Input;
-
 use super::map::RelocationMap;
 
 /// "Path byte" `[A-Za-z0-9_/-]`.
@@ -17,12 +15,14 @@ pub fn is_word_byte(b: u8) -> bool {
 
 /// Apply the text rule; `None` when nothing matched (the file is left untouched).
 pub fn relocate_text(data: &[u8], map: &RelocationMap) -> Option<Vec<u8>> {
-    let ac = map.matcher()?;
+    if !map.has_keys() {
+        return None;
+    }
     let mut out: Option<Vec<u8>> = None;
     let mut copied = 0;
     let mut pos = 0;
     while pos < data.len() {
-        let Some(m) = ac.find(Input::new(data).span(pos..data.len())) else {
+        let Some(m) = map.find(data, pos) else {
             break;
         };
         let j = m.start();
