@@ -1,7 +1,7 @@
-//! Buffers kept from one extraction for the next: the hand-offs' chunks and the writers'
-//! file buffers come back here when an extraction is done with them, and the next takes
-//! them again, so a process that extracts many packages does not allocate, zero and fault
-//! in fresh pages for each. Buffers are powers of two from 4 KiB to 256 KiB; at most
+//! Buffers kept for reuse: a small file's buffer comes back here once the file is written,
+//! and the hand-offs' chunks once an extraction is done with them; the next file or
+//! extraction takes them again, so extracting does not allocate, zero and fault in fresh
+//! pages for each. Buffers are powers of two from 4 KiB to 256 KiB; at most
 //! [`KEPT`] bytes are kept.
 
 use std::sync::Mutex;

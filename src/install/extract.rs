@@ -504,7 +504,7 @@ fn untar_each(
                 let size = entry.size();
                 if writers.enabled() && size <= MAX_HANDED {
                     let len = size as usize;
-                    let mut data = writers.buffer(len);
+                    let mut data = super::buffers::take(len);
                     entry
                         .read_exact(&mut data[..len])
                         .map_err(|e| map_copy_err(e, what, &dest))?;

@@ -249,28 +249,34 @@ mod tests {
         (0..n).map(|i| (i * 31 % 251) as u8).collect()
     }
 
+    /// Pump `data` (failing at its end with `fail`) on a thread while `read` reads the other
+    /// end (and may drop it); returns what `read` gave and how pumping ended.
+    fn pumped<T>(data: &[u8], fail: bool, read: impl FnOnce(ChunkReader) -> T) -> (T, Pumped) {
+        let (tx, rx) = handoff();
+        std::thread::scope(|s| {
+            let h = s.spawn(move || tx.pump(&mut Trickle { data, fail }));
+            let got = read(rx);
+            (got, h.join().unwrap())
+        })
+    }
+
     #[test]
     fn every_byte_arrives_in_order() {
         let data = pattern(5 * CHUNK + 12_345);
-        let (tx, mut rx) = handoff();
-        std::thread::scope(|s| {
-            let data = &data;
-            let h = s.spawn(move || tx.pump(&mut Trickle { data, fail: false }));
+        let (got, pumped) = pumped(&data, false, |mut rx| {
             let mut got = Vec::new();
             rx.read_to_end(&mut got).unwrap();
-            assert_eq!(h.join().unwrap(), Pumped::End);
-            assert!(got == *data, "the stream arrived changed");
+            got
         });
+        assert_eq!(pumped, Pumped::End);
+        assert!(got == data, "the stream arrived changed");
     }
 
     #[test]
     fn skipping_forward_drops_bytes_and_keeps_the_position() {
         use std::io::{Seek, SeekFrom};
         let data = pattern(3 * CHUNK + 777);
-        let (tx, mut rx) = handoff();
-        std::thread::scope(|s| {
-            let data = &data;
-            let h = s.spawn(move || tx.pump(&mut Trickle { data, fail: false }));
+        let ((), pumped) = pumped(&data, false, |mut rx| {
             let mut head = [0u8; 10];
             rx.read_exact(&mut head).unwrap();
             assert_eq!(rx.stream_position().unwrap(), 10);
@@ -284,37 +290,30 @@ mod tests {
             let left = data.len() as u64 - to - 100;
             let err = rx.seek(SeekFrom::Current(left as i64 + 1)).unwrap_err();
             assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
-            assert_eq!(h.join().unwrap(), Pumped::End);
         });
+        assert_eq!(pumped, Pumped::End);
     }
 
     #[test]
     fn a_source_error_reaches_the_reader_after_the_bytes_before_it() {
         let data = pattern(CHUNK + 10);
-        let (tx, mut rx) = handoff();
-        std::thread::scope(|s| {
-            let data = &data;
-            let h = s.spawn(move || tx.pump(&mut Trickle { data, fail: true }));
+        let ((), pumped) = pumped(&data, true, |mut rx| {
             let mut got = vec![0u8; data.len()];
             rx.read_exact(&mut got).unwrap();
-            assert!(got == *data);
+            assert!(got == data);
             let err = rx.read(&mut [0u8; 16]).unwrap_err();
             assert_eq!(err.to_string(), "broken source");
-            assert_eq!(h.join().unwrap(), Pumped::Failed);
         });
+        assert_eq!(pumped, Pumped::Failed);
     }
 
     #[test]
     fn the_inflater_stops_when_the_reader_hangs_up() {
         let data = pattern(64 * CHUNK);
-        let (tx, mut rx) = handoff();
-        std::thread::scope(|s| {
-            let data = &data;
-            let h = s.spawn(move || tx.pump(&mut Trickle { data, fail: false }));
+        let ((), pumped) = pumped(&data, false, |mut rx| {
             let mut first = [0u8; 100];
             rx.read_exact(&mut first).unwrap();
-            drop(rx);
-            assert_eq!(h.join().unwrap(), Pumped::HungUp);
         });
+        assert_eq!(pumped, Pumped::HungUp);
     }
 }

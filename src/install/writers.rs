@@ -3,9 +3,9 @@
 //! digest it. File creation (system calls, the kernel's copy) so runs beside the untar
 //! and inflate threads instead of after each member on the untar thread. Files go over in
 //! batches (one wake-up of a writer for many small files), a bounded queue keeps the bytes
-//! in flight few, and the buffers the bytes were read into come back to be filled again (no
-//! allocation, zeroing or page fault per file once the pipeline runs). Large files are
-//! written by the untar thread itself, streamed.
+//! in flight few, and the buffers the bytes were read into go back to [`super::buffers`] to
+//! be filled again (no allocation, zeroing or page fault per file once the pipeline runs).
+//! Large files are written by the untar thread itself, streamed.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -26,8 +26,6 @@ const BATCH_FILES: usize = 32;
 /// Batches queued at most: with the batch being filled, at most about
 /// `(QUEUED + 2) × (BATCH_BYTES + MAX_HANDED)` bytes (5 MiB) in flight per extraction.
 const QUEUED: usize = 3;
-/// The smallest buffer: buffers are powers of two from this size to [`MAX_HANDED`].
-const MIN_BUFFER: usize = super::buffers::MIN;
 
 /// One file to write.
 struct Job {
@@ -44,8 +42,8 @@ struct Job {
 /// What became of a file: its digest (when asked), or the error and the file.
 type Outcome = (usize, Result<Option<FileDigest>, (PathBuf, std::io::Error)>);
 
-/// What a writer sends back for a batch: the outcomes, and the buffers to fill again.
-type Report = (Vec<Outcome>, Vec<Vec<u8>>);
+/// What a writer sends back for a batch.
+type Report = Vec<Outcome>;
 
 /// The writer threads of one extraction.
 pub struct Writers {
@@ -54,8 +52,6 @@ pub struct Writers {
     /// The batch being filled, and its bytes.
     batch: Vec<Job>,
     batch_bytes: usize,
-    /// Buffers to fill again, by size class (`MIN_BUFFER << k`).
-    spare: Vec<Vec<Vec<u8>>>,
     /// Files handed over and not reported yet.
     pending: usize,
     /// Digests of the files written, by member number.
@@ -82,13 +78,12 @@ impl Writers {
                     };
                     let Ok(batch) = batch else { return };
                     let mut outcomes = Vec::with_capacity(batch.len());
-                    let mut buffers = Vec::with_capacity(batch.len());
                     for job in batch {
                         let written = write_file(&job).map_err(|e| (job.dest, e));
                         outcomes.push((job.index, written));
-                        buffers.push(job.data);
+                        super::buffers::give(job.data);
                     }
-                    if report.send((outcomes, buffers)).is_err() {
+                    if report.send(outcomes).is_err() {
                         return;
                     }
                 });
@@ -96,13 +91,11 @@ impl Writers {
                 started += 1;
             }
         }
-        let classes = (MAX_HANDED as usize / MIN_BUFFER).trailing_zeros() as usize + 1;
         Writers {
             jobs: (started > 0).then_some(jobs),
             reports,
             batch: Vec::new(),
             batch_bytes: 0,
-            spare: vec![Vec::new(); classes],
             pending: 0,
             done: Vec::new(),
             failed: None,
@@ -114,20 +107,8 @@ impl Writers {
         self.jobs.is_some()
     }
 
-    /// A buffer to read a file of `len` bytes (at most [`MAX_HANDED`]) into: its first
-    /// `len` bytes are for the file; one that came back from the writers when there is one.
-    pub fn buffer(&mut self, len: usize) -> Vec<u8> {
-        self.collect(false);
-        let class = len.max(MIN_BUFFER).next_power_of_two();
-        let k = (class / MIN_BUFFER).trailing_zeros() as usize;
-        match self.spare.get_mut(k).and_then(Vec::pop) {
-            Some(b) => b,
-            None => super::buffers::take(len),
-        }
-    }
-
     /// Hand file `index` over: created at `dest` with the first `len` bytes of `data` (a
-    /// [`Writers::buffer`]), `mode`. Waits while the queue is full. Returns the failure of
+    /// [`super::buffers::take`]), `mode`. Waits while the queue is full. Returns the failure of
     /// an earlier file, if one was reported.
     pub fn write(
         &mut self,
@@ -174,10 +155,8 @@ impl Writers {
         if let Err(batch) = sent {
             self.pending -= batch.len();
             if let Some(first) = batch.into_iter().next() {
-                if self.failed.as_ref().is_none_or(|f| first.index < f.0) {
-                    let e = std::io::Error::other("the file writers stopped");
-                    self.failed = Some((first.index, first.dest, e));
-                }
+                let e = std::io::Error::other("the file writers stopped");
+                self.fail(first.index, first.dest, e);
             }
         }
     }
@@ -214,26 +193,14 @@ impl Writers {
             } else {
                 self.reports.try_recv().ok()
             };
-            let Some((outcomes, buffers)) = next else {
+            let Some(outcomes) = next else {
                 return false;
             };
-            for b in buffers {
-                let k = (b.len() / MIN_BUFFER).trailing_zeros() as usize;
-                if b.len().is_power_of_two() && b.len() >= MIN_BUFFER {
-                    if let Some(class) = self.spare.get_mut(k) {
-                        class.push(b);
-                    }
-                }
-            }
             for (index, r) in outcomes {
                 self.pending -= 1;
                 match r {
                     Ok(d) => self.done.push((index, d)),
-                    Err((dest, e)) => {
-                        if self.failed.as_ref().is_none_or(|f| index < f.0) {
-                            self.failed = Some((index, dest, e));
-                        }
-                    }
+                    Err((dest, e)) => self.fail(index, dest, e),
                 }
             }
             if block {
@@ -242,21 +209,17 @@ impl Writers {
         }
     }
 
+    /// Keep the failure of file `index` if no earlier file failed.
+    fn fail(&mut self, index: usize, dest: PathBuf, e: std::io::Error) {
+        if self.failed.as_ref().is_none_or(|f| index < f.0) {
+            self.failed = Some((index, dest, e));
+        }
+    }
+
     fn check(&self) -> Result<(), (PathBuf, std::io::Error)> {
         match &self.failed {
             Some((_, dest, e)) => Err((dest.clone(), std::io::Error::new(e.kind(), e.to_string()))),
             None => Ok(()),
-        }
-    }
-}
-
-/// The buffers come back for the next extraction.
-impl Drop for Writers {
-    fn drop(&mut self) {
-        for class in &mut self.spare {
-            for b in class.drain(..) {
-                super::buffers::give(b);
-            }
         }
     }
 }
@@ -316,7 +279,7 @@ mod tests {
             assert!(w.enabled());
             for i in 0..100 {
                 let text = format!("file {i}").repeat(i * 97 + 1);
-                let mut data = w.buffer(text.len());
+                let mut data = super::super::buffers::take(text.len());
                 data[..text.len()].copy_from_slice(text.as_bytes());
                 w.write(
                     i,
@@ -340,31 +303,19 @@ mod tests {
                 assert_eq!(meta.permissions().mode() & 0o777, 0o750);
                 assert_eq!(meta.modified().unwrap(), std::time::SystemTime::UNIX_EPOCH);
             }
-            let mut w = Writers::start(scope, 1);
-            w.write(
-                7,
-                dir.path().join("taken"),
-                b"new".to_vec(),
-                3,
-                0o644,
-                false,
-            )
-            .unwrap();
-            let (index, path, e) = w.finish(8).unwrap_err();
+            // File `index` over one that exists, with a writer of its own.
+            let taken = |index| {
+                let mut w = Writers::start(scope, 1);
+                let dest = dir.path().join("taken");
+                w.write(index, dest, b"new".to_vec(), 3, 0o644, false)
+                    .unwrap();
+                w
+            };
+            let (index, path, e) = taken(7).finish(8).unwrap_err();
             assert_eq!((index, path), (7, dir.path().join("taken")));
             assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
-            let mut w = Writers::start(scope, 1);
-            w.write(
-                9,
-                dir.path().join("taken"),
-                b"new".to_vec(),
-                3,
-                0o644,
-                false,
-            )
-            .unwrap();
             assert!(
-                w.finish(9).is_ok(),
+                taken(9).finish(9).is_ok(),
                 "a failure after the untar's own is not it"
             );
         });

@@ -33,6 +33,15 @@ impl PumpFailure {
     pub fn take(&self) -> Option<TransportError> {
         self.0.lock().unwrap().take()
     }
+
+    /// Keep the transport error `e` (reading `path` from `mirror`) stands for, and return
+    /// the error the reader gets in its place.
+    fn keep(&self, e: std::io::Error, mirror: &str, path: &str) -> std::io::Error {
+        let t = stream_error(e, mirror, path);
+        let msg = std::io::Error::other(t.to_string());
+        *self.0.lock().unwrap() = Some(t);
+        msg
+    }
 }
 
 /// Start pumping `stream` (from mirror `mirror`, object `path`) on the current runtime.
@@ -45,12 +54,7 @@ pub fn pump(mut stream: ByteStream, mirror: &str, path: &str) -> (PumpReader, Pu
         while let Some(item) = stream.next().await {
             let item = match item {
                 Ok(b) => Ok(b),
-                Err(e) => {
-                    let t = stream_error(e, &mirror, &path);
-                    let msg = std::io::Error::other(t.to_string());
-                    *slot.0.lock().unwrap() = Some(t);
-                    Err(msg)
-                }
+                Err(e) => Err(slot.keep(e, &mirror, &path)),
             };
             let failed = item.is_err();
             // The reader went away (the pipeline stopped early): drop the connection.
@@ -110,12 +114,7 @@ impl Read for FileReader {
         loop {
             match self.file.read(buf) {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    let t = stream_error(e, &self.mirror, &self.path);
-                    let msg = std::io::Error::other(t.to_string());
-                    *self.failure.0.lock().unwrap() = Some(t);
-                    return Err(msg);
-                }
+                Err(e) => return Err(self.failure.keep(e, &self.mirror, &self.path)),
                 Ok(n) => return Ok(n),
             }
         }
